@@ -1,0 +1,159 @@
+"""Analytic potentials with exactly known Hessians, for tests and DFT-reference runs.
+
+:class:`ForceConstantPotential` is a Taylor expansion around a reference supercell:
+
+    E(u) = E₀ + ½ Σ u_ia Φ_ia,jb u_jb + (λ/4) Σ_ia u_ia⁴
+
+with u the displacement of each atom from its reference site (minimum image), Φ a supercell force
+constant matrix (e.g. from a DFT phonopy data set) and λ an optional on-site quartic coefficient
+(eV/Å⁴). Its forces are −Φu − λu³ and its Hessian Φ + 3λ diag(u²), exactly. With λ = 0 it is purely
+harmonic, so temperature renormalisation must return Φ unchanged; with λ > 0 the thermal average of
+the Hessian over u ~ N(0, Σ) is Φ + 3λ diag(Σ) (the closed-form SCHA result).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from tdphonon.errors import StructureError
+from tdphonon.potentials import ModelIdentity, Potential, _pkg_version
+
+
+class ForceConstantPotential(Potential):
+    """Harmonic (+ optional on-site quartic) potential around a reference supercell.
+
+    Parameters
+    ----------
+    reference
+        Reference supercell (equilibrium positions); atoms given later are matched to its sites.
+    force_constants
+        Φ with shape (N, N, 3, 3) in eV/Å² (phonopy's full format) for the reference supercell.
+    quartic
+        λ in eV/Å⁴ of the on-site term (λ/4)Σu⁴ (0 for a purely harmonic potential).
+    energy0
+        Energy of the reference structure (eV).
+    name
+        Name recorded in the model identity.
+    """
+
+    batch_size = 1024
+
+    def __init__(self, reference: Atoms, force_constants: np.ndarray, quartic: float = 0.0,
+                 energy0: float = 0.0, name: str = "harmonic", source: str = "analytic") -> None:
+        fc = np.asarray(force_constants, dtype=float)
+        n = len(reference)
+        if fc.shape != (n, n, 3, 3):
+            raise ValueError(f"force constants must have shape ({n}, {n}, 3, 3), got {fc.shape}")
+        self.reference = reference.copy()
+        self.fc = fc
+        self.phi = fc.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
+        self.quartic = float(quartic)
+        self.energy0 = float(energy0)
+        h = hashlib.sha256(self.phi.tobytes())
+        h.update(np.asarray(reference.cell.array).tobytes())
+        h.update(np.asarray(reference.get_scaled_positions()).tobytes())
+        h.update(f"{self.quartic!r}|{self.energy0!r}".encode())
+        ident = ModelIdentity(name=name if self.quartic == 0 else f"{name}+quartic({self.quartic:g})",
+                              kind="analytic", sha256=h.hexdigest(), source=source, package="tdphonon",
+                              package_version=_pkg_version("tdphonon"))
+        super().__init__(ident, "cpu", sorted(set(reference.get_chemical_symbols())), max_force=1e6)
+        self._inv_cell = np.linalg.inv(self.reference.cell.array)
+
+    # -- constructors ------------------------------------------------------------------------
+    @classmethod
+    def from_phonopy(cls, phonon, quartic: float = 0.0, name: str | None = None,
+                     source: str = "phonopy") -> ForceConstantPotential:
+        """Build from a :class:`phonopy.Phonopy` object with (full) force constants."""
+        from phonopy.harmonic.force_constants import compact_fc_to_full_fc
+
+        fc = phonon.force_constants
+        if fc is None:
+            raise ValueError("the phonopy object has no force constants")
+        if fc.shape[0] != fc.shape[1]:
+            fc = compact_fc_to_full_fc(phonon.primitive, fc)
+        sc = phonon.supercell
+        ref = Atoms(symbols=sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True,
+                    masses=sc.masses)
+        return cls(ref, fc, quartic=quartic, name=name or f"harmonic[{ref.get_chemical_formula()}]", source=source)
+
+    @classmethod
+    def from_phonopy_file(cls, path: str | Path, quartic: float = 0.0) -> ForceConstantPotential:
+        """Build from a phonopy yaml (``phonopy_params.yaml`` etc.), producing FCs if needed."""
+        import phonopy
+
+        phonon = phonopy.load(str(path), produce_fc=True, log_level=0, is_nac=False)
+        return cls.from_phonopy(phonon, quartic=quartic, name=f"harmonic[{Path(path).name}]", source=str(path))
+
+    # -- Potential ---------------------------------------------------------------------------
+    def ase_calculator(self):
+        from ase.calculators.calculator import Calculator, all_changes
+
+        pot = self
+
+        class _Calc(Calculator):
+            implemented_properties = ("energy", "forces", "free_energy")
+
+            def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+                super().calculate(atoms, properties, system_changes)
+                e, f = pot._compute([self.atoms])
+                self.results = {"energy": float(e[0]), "free_energy": float(e[0]), "forces": f[0]}
+
+        return _Calc()
+
+    def displacements(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray]:
+        """Map ``atoms`` onto the reference sites.
+
+        Returns
+        -------
+        order, u
+            ``order[k]`` is the reference index of atom k, ``u`` (N, 3) the displacements (Å) in
+            reference order.
+        """
+        ref = self.reference
+        if len(atoms) != len(ref):
+            raise StructureError(atoms.get_chemical_formula(),
+                                 f"{len(atoms)} atoms given, reference supercell has {len(ref)}")
+        if not np.allclose(atoms.cell.array, ref.cell.array, atol=1e-6):
+            raise StructureError(atoms.get_chemical_formula(), "cell differs from the reference supercell")
+        frac = atoms.get_positions() @ self._inv_cell
+        dfrac = frac[:, None, :] - ref.get_scaled_positions()[None, :, :]
+        dfrac -= np.round(dfrac)
+        dcart = dfrac @ ref.cell.array
+        dist = np.linalg.norm(dcart, axis=-1)
+        order = np.argmin(dist, axis=1)
+        if len(set(order.tolist())) != len(order):
+            raise StructureError(atoms.get_chemical_formula(), "atoms cannot be matched one-to-one to reference sites")
+        symbols = np.array(ref.get_chemical_symbols())
+        if np.any(symbols[order] != np.array(atoms.get_chemical_symbols())):
+            raise StructureError(atoms.get_chemical_formula(), "species do not match the reference sites")
+        u = np.zeros((len(atoms), 3))
+        u[order] = dcart[np.arange(len(atoms)), order]
+        return order, u
+
+    def _compute(self, atoms_list: Sequence[Atoms]):
+        energies, forces = [], []
+        for a in atoms_list:
+            order, u = self.displacements(a)
+            uf = u.reshape(-1)
+            f_ref = -(self.phi @ uf) - self.quartic * uf**3
+            e = self.energy0 + 0.5 * uf @ self.phi @ uf + 0.25 * self.quartic * np.sum(uf**4)
+            energies.append(e)
+            forces.append(f_ref.reshape(-1, 3)[order])
+        return np.asarray(energies), forces
+
+    def hessians(self, atoms_list: Sequence[Atoms], delta: float = 0.01,
+                 labels: Sequence[str] | None = None) -> np.ndarray:
+        """Exact Hessians Φ + 3λ diag(u²) in the atom order of each structure (3N, 3N)."""
+        out = []
+        for a in atoms_list:
+            order, u = self.displacements(a)
+            h_ref = self.phi + np.diag(3.0 * self.quartic * u.reshape(-1) ** 2)
+            idx = (3 * order[:, None] + np.arange(3)[None, :]).reshape(-1)
+            out.append(h_ref[np.ix_(idx, idx)])
+        self.force_calls += len(atoms_list)
+        return np.asarray(out)

@@ -1,0 +1,152 @@
+"""Command-line interface: ``tdphonon harmonic``, ``tdphonon run``, ``tdphonon model``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tdphonon.errors import TDPhononError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Temperature-dependent phonons of crystals with machine-learning potentials.")
+console = Console(stderr=True)
+
+#: Default model of the CLI: the project's shipped model when present, else SevenNet-0 (weights in
+#: the sevenn wheel; smooth for cubic perovskites, unlike CHGNet's 180° angle kink).
+DEFAULT_MODEL = os.environ.get("TDPHONON_MODEL", "default")
+
+
+def resolve_default_model(model: str) -> str:
+    """Map ``default`` to the shipped model if installed, else ``sevennet-0``."""
+    if model != "default":
+        return model
+    from tdphonon.potentials import shipped_model_available
+
+    return "tdphonon-m3gnet" if shipped_model_available() else "sevennet-0"
+
+
+def _quiet() -> None:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import logging
+
+    for name in ("matgl", "sevenn", "chgnet", "phonopy", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _parse_supercell(text: str | None):
+    if not text:
+        return None
+    vals = [int(x) for x in text.replace(",", " ").split()]
+    if len(vals) == 3:
+        return tuple(vals)
+    if len(vals) == 9:
+        return tuple(tuple(vals[i : i + 3]) for i in range(0, 9, 3))
+    raise typer.BadParameter("supercell must be 3 or 9 integers, e.g. '2 2 2'")
+
+
+class _Progress:
+    """rich progress bar adapter for the ``progress(step, done, total)`` callbacks."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TimeElapsedColumn(), console=console, transient=False)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        if step not in self.tasks:
+            self.tasks[step] = self.bar.add_task(step, total=total)
+        self.bar.update(self.tasks[step], completed=done, total=total)
+
+
+def _fail(exc: Exception) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model spec: matgl dir, matgl:<name>, chgnet, "
+                                       "sevennet-0, atomate2:<name>, harmonic:<phonopy yaml>; 'default' = "
+                                       "shipped model or SevenNet-0")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder")]
+
+
+@app.command()
+def harmonic(
+    structure: Annotated[Path, typer.Argument(help="CIF / POSCAR / any pymatgen-readable structure")],
+    model: ModelOpt = DEFAULT_MODEL,
+    out: OutOpt = Path("out"),
+    relax: Annotated[bool, typer.Option(help="relax with the space group fixed")] = True,
+    supercell: Annotated[str | None, typer.Option(help="supercell matrix: '2 2 2' or 9 integers")] = None,
+    min_length: Annotated[float, typer.Option(help="automatic supercell: min width (Å)")] = 10.0,
+    max_atoms: Annotated[int, typer.Option(help="automatic supercell: max atoms")] = 260,
+    displacement: Annotated[float, typer.Option(help="finite displacement (Å)")] = 0.01,
+    fmax: Annotated[float, typer.Option(help="relaxation force criterion (eV/Å)")] = 0.005,
+    relax_steps: Annotated[int, typer.Option(help="relaxation step budget")] = 300,
+    standardize: Annotated[bool, typer.Option(help="use the conventional standard cell")] = True,
+    device: Annotated[str | None, typer.Option(help="cpu / cuda (default: auto)")] = None,
+) -> None:
+    """ML harmonic phonons: writes phonopy.yaml, summary.json and dispersion_dos.png."""
+    _quiet()
+    from tdphonon.harmonic import HarmonicSettings, harmonic_phonons
+    from tdphonon.plotting import plot_dispersion_dos
+    from tdphonon.potentials import load_potential
+
+    try:
+        settings = HarmonicSettings(relax=relax, supercell_matrix=_parse_supercell(supercell), min_length=min_length,
+                                    max_atoms=max_atoms, displacement=displacement, fmax=fmax,
+                                    relax_steps=relax_steps, standardize=standardize)
+        spec = resolve_default_model(model)
+        console.print(f"loading model [bold]{spec}[/]")
+        pot = load_potential(spec, device=device)
+        with _Progress() as prog:
+            res = harmonic_phonons(structure, pot, settings, progress=prog)
+        files = res.save(out)
+        png = plot_dispersion_dos([("0 K", res.properties)], out / "dispersion_dos.png",
+                                  title=f"{res.label} — {pot.identity.name}")
+    except TDPhononError as exc:
+        _fail(exc)
+    im = res.properties.imaginary
+    console.print(f"[green]done[/] {res.label}: supercell {len(res.phonon.supercell)} atoms, "
+                  f"max frequency {res.properties.commensurate_frequencies.max():.3f} THz, "
+                  f"imaginary modes: {'yes (min %.3f THz)' % im.min_frequency if im.has_imaginary else 'none'}")
+    for k, v in {**files, "plot": png}.items():
+        console.print(f"  {k}: {v}")
+
+
+@app.command("model")
+def model_info(
+    model: ModelOpt = DEFAULT_MODEL,
+    device: Annotated[str | None, typer.Option(help="cpu / cuda (default: auto)")] = None,
+) -> None:
+    """Load a model and print its identity (name, sha256, package version) as JSON."""
+    _quiet()
+    from tdphonon.potentials import load_potential
+
+    try:
+        pot = load_potential(resolve_default_model(model), device=device)
+    except TDPhononError as exc:
+        _fail(exc)
+    print(json.dumps({**pot.identity.to_dict(), "device": pot.device}, indent=2))
+
+
+def main() -> None:  # pragma: no cover - entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
