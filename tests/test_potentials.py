@@ -1,0 +1,144 @@
+"""tdphonon.potentials: loading, identity, caching, batching and output validation."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from conftest import M3GNET_DIR, requires_m3gnet
+from tdphonon.errors import ModelLoadError, UnphysicalForcesError, UnsupportedElementsError
+from tdphonon.potentials import ASEPotential, ModelIdentity, load_potential, sha256_dir
+
+
+def _rattled(symbol_structure, n=3, amp=0.03, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = symbol_structure.copy()
+        a.positions += rng.normal(scale=amp, size=a.positions.shape)
+        out.append(a)
+    return out
+
+
+@requires_m3gnet
+def test_m3gnet_dir_regression_energy_and_identity(m3gnet):
+    # ../shared/models README: rocksalt MgO at a = 4.25 Å gives about -5.94 eV/atom with the converted
+    # weights (the unconverted ones give about -2.0).
+    mgo = bulk("MgO", "rocksalt", a=4.25)
+    e, f = m3gnet.energies_and_forces([mgo])
+    assert e[0] / len(mgo) == pytest.approx(-5.94, abs=0.02)
+    assert np.abs(f[0]).max() < 1e-3  # perfect rocksalt: zero forces by symmetry
+    ident = m3gnet.identity
+    assert ident.kind == "matgl" and ident.sha256 == sha256_dir(M3GNET_DIR)[0]
+    assert set(ident.files) >= {"model.pt", "model.json", "state.pt"}
+
+
+@requires_m3gnet
+def test_batched_forces_equal_single_calls(m3gnet):
+    cells = _rattled(bulk("MgO", "rocksalt", a=4.25).repeat(2), n=3) + _rattled(bulk("Si", "diamond", 5.45), n=2)
+    e_b, f_b = m3gnet.energies_and_forces(cells)
+    for i, a in enumerate(cells):
+        e1, f1 = m3gnet.energies_and_forces([a])
+        assert e1[0] == pytest.approx(e_b[i], abs=1e-4)
+        np.testing.assert_allclose(f1[0], f_b[i], atol=1e-4)
+
+
+def test_chgnet_batched_forces_and_identity(chgnet):
+    cells = _rattled(bulk("Si", "diamond", 5.45).repeat((2, 1, 1)), n=3)
+    calls = chgnet.force_calls
+    f = chgnet.forces(cells)
+    assert f.shape == (3, 4, 3)
+    assert chgnet.force_calls == calls + 3
+    # same forces through the ASE calculator of the same model
+    a = cells[1].copy()
+    a.calc = chgnet.ase_calculator()
+    np.testing.assert_allclose(a.get_forces(), f[1], atol=2e-4)
+    assert chgnet.identity.name == "CHGNet-0.3.0" and len(chgnet.identity.sha256) == 64
+
+
+def test_model_cache_loads_once(sevennet):
+    t0 = time.perf_counter()
+    again = load_potential("sevennet-0", device="cpu")
+    assert again is sevennet
+    assert time.perf_counter() - t0 < 0.05
+    assert sevennet.identity.sha256 != "unknown"
+
+
+def test_random_matgl_model_dir_runs(random_m3gnet_dir):
+    pot = load_potential(random_m3gnet_dir, device="cpu")
+    f = pot.forces(_rattled(bulk("NaCl", "rocksalt", a=5.6), n=2))
+    assert f.shape == (2, 2, 3) and np.all(np.isfinite(f))
+    assert pot.identity.sha256 == sha256_dir(random_m3gnet_dir)[0]
+
+
+def test_offline_hub_name_fails_fast(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MATGL_CACHE", str(tmp_path))
+    t0 = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="offline"):
+        load_potential("matgl:M3GNet-MP-2021.2.8-PES", cache=False)
+    assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.parametrize("spec", ["no-such-model", "/definitely/not/a/dir/model"])
+def test_unknown_spec(spec):
+    with pytest.raises(ModelLoadError):
+        load_potential(spec, cache=False)
+
+
+def test_existing_dir_without_model_json(tmp_path):
+    with pytest.raises(ModelLoadError, match="not a matgl model directory"):
+        load_potential(tmp_path, cache=False)
+
+
+class _BadCalc:
+    """Minimal ASE-like calculator returning chosen forces."""
+
+    def __init__(self, value):
+        from ase.calculators.calculator import Calculator
+
+        outer = self
+
+        class C(Calculator):
+            implemented_properties = ("energy", "forces")
+
+            def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+                super().calculate(atoms, properties, system_changes or [])
+                f = np.zeros((len(atoms), 3))
+                f[0, 0] = outer.value
+                self.results = {"energy": 0.0, "forces": f}
+
+        self.value = value
+        self.calc = C()
+
+
+@pytest.mark.parametrize("value,match", [(np.nan, "NaN"), (1e4, "exceeds")])
+def test_unphysical_forces_name_the_structure(value, match):
+    ident = ModelIdentity("bad", "test", "0" * 64, "test", "tdphonon", "0")
+    pot = ASEPotential(_BadCalc(value).calc, ident)
+    si = bulk("Si", "diamond", 5.43)
+    with pytest.raises(UnphysicalForcesError, match=match) as err:
+        pot.forces([si, si], labels=["good-one", "Si-sample-7"])
+    assert "good-one" in str(err.value)  # first offending structure is named
+    assert err.value.label == "good-one"
+
+
+def test_unsupported_elements_rejected(m3gnet):
+    a = bulk("Po", "sc", a=3.35)  # polonium is not among M3GNet's 89 elements
+    with pytest.raises(UnsupportedElementsError, match="Po"):
+        m3gnet.forces([a], labels=["Po-sc"])
+
+
+def test_fd_hessian_matches_analytic(nacl_fd):
+    from tdphonon.analytic import ForceConstantPotential
+    from tdphonon.potentials import fd_hessians
+
+    pot = ForceConstantPotential.from_phonopy(nacl_fd, quartic=2.0)
+    a = pot.reference.copy()
+    a.positions += np.random.default_rng(1).normal(scale=0.05, size=a.positions.shape)
+    h_exact = pot.hessians([a])[0]
+    h_fd = fd_hessians(pot, [a], delta=1e-3)[0]
+    np.testing.assert_allclose(h_fd, h_exact, atol=1e-5)
