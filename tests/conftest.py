@@ -85,3 +85,12 @@ def random_m3gnet_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("models") / "random-m3gnet"
     pot.save(str(d))
     return d
+
+
+@pytest.fixture(autouse=True)
+def _single_blas_thread():
+    """One BLAS thread: small eigh/QR calls thrash with OpenBLAS threads on a busy 2-core host."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield

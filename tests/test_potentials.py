@@ -142,3 +142,13 @@ def test_fd_hessian_matches_analytic(nacl_fd):
     h_exact = pot.hessians([a])[0]
     h_fd = fd_hessians(pot, [a], delta=1e-3)[0]
     np.testing.assert_allclose(h_fd, h_exact, atol=1e-5)
+
+
+@pytest.mark.mlip
+def test_atomate2_force_field_name(chgnet):
+    """Any atomate2 force-field name works through atomate2's own calculator factory."""
+    pot = load_potential("atomate2:CHGNet", device="cpu")
+    assert pot.identity.kind == "atomate2"
+    si = bulk("Si", "diamond", 5.43).repeat((2, 1, 1))
+    si.positions[0] += [0.05, 0.0, 0.0]
+    np.testing.assert_allclose(pot.forces([si])[0], chgnet.forces([si])[0], atol=2e-4)

@@ -155,5 +155,5 @@ class ForceConstantPotential(Potential):
             h_ref = self.phi + np.diag(3.0 * self.quartic * u.reshape(-1) ** 2)
             idx = (3 * order[:, None] + np.arange(3)[None, :]).reshape(-1)
             out.append(h_ref[np.ix_(idx, idx)])
-        self.force_calls += len(atoms_list)
+        self.hessian_calls += len(atoms_list)
         return np.asarray(out)

@@ -123,9 +123,75 @@ def harmonic(
     im = res.properties.imaginary
     console.print(f"[green]done[/] {res.label}: supercell {len(res.phonon.supercell)} atoms, "
                   f"max frequency {res.properties.commensurate_frequencies.max():.3f} THz, "
-                  f"imaginary modes: {'yes (min %.3f THz)' % im.min_frequency if im.has_imaginary else 'none'}")
+                  f"imaginary modes: {f'yes (min {im.min_frequency:.3f} THz)' if im.has_imaginary else 'none'}")
     for k, v in {**files, "plot": png}.items():
         console.print(f"  {k}: {v}")
+
+
+@app.command()
+def run(
+    structure: Annotated[Path, typer.Argument(help="CIF / POSCAR / any pymatgen-readable structure")],
+    temperature: Annotated[list[float], typer.Option("--temperature", "-T", help="K (repeat for several)")] = [300.0],  # noqa: B006
+    model: ModelOpt = DEFAULT_MODEL,
+    out: OutOpt = Path("out"),
+    estimator: Annotated[str, typer.Option(help="hessian | force_fit")] = "force_fit",
+    self_consistent: Annotated[bool, typer.Option("--self-consistent/--one-shot",
+                                                  help="SCHA iteration with mixing (default: one-shot)")] = False,
+    n_configurations: Annotated[int, typer.Option(help="configurations per estimate (even)")] = 32,
+    sampling: Annotated[str, typer.Option(help="gaussian | fixed_amplitude")] = "gaussian",
+    classical: Annotated[bool, typer.Option(help="classical instead of quantum statistics")] = False,
+    policy: Annotated[str, typer.Option(help="imaginary/near-zero modes: abs | floor | fixed_amplitude | exclude")]
+    = "abs",
+    mixing: Annotated[float, typer.Option(help="self-consistent mixing α")] = 0.5,
+    max_iterations: Annotated[int, typer.Option(help="self-consistent iterations at most")] = 20,
+    tol: Annotated[float, typer.Option(help="self-consistency tolerance on frequencies (THz)")] = 0.05,
+    seed: Annotated[int, typer.Option(help="base random seed")] = 0,
+    n_seeds: Annotated[int, typer.Option(help="independent seeds for the error bar (1: block means)")] = 1,
+    relax: Annotated[bool, typer.Option(help="relax with the space group fixed")] = True,
+    supercell: Annotated[str | None, typer.Option(help="supercell matrix: '2 2 2' or 9 integers")] = None,
+    min_length: Annotated[float, typer.Option(help="automatic supercell: min width (Å)")] = 10.0,
+    max_atoms: Annotated[int, typer.Option(help="automatic supercell: max atoms")] = 260,
+    displacement: Annotated[float, typer.Option(help="finite displacement for Φ⁰ (Å)")] = 0.01,
+    device: Annotated[str | None, typer.Option(help="cpu / cuda (default: auto)")] = None,
+) -> None:
+    """Harmonic + temperature-dependent force constants: phonopy yaml for Φ⁰ and each Φ(T), summary.json,
+    dispersion_dos.png (0 K and each T)."""
+    _quiet()
+    from tdphonon.harmonic import HarmonicSettings
+    from tdphonon.pipeline import run_tdph
+    from tdphonon.potentials import load_potential
+    from tdphonon.renormalize import TDPHSettings
+    from tdphonon.sampling import ModeAmplitudePolicy
+
+    try:
+        hs = HarmonicSettings(relax=relax, supercell_matrix=_parse_supercell(supercell), min_length=min_length,
+                              max_atoms=max_atoms, displacement=displacement)
+        ts = TDPHSettings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
+                          sampling=sampling, quantum=not classical, policy=ModeAmplitudePolicy(kind=policy),
+                          mixing=mixing, max_iterations=max_iterations, tol_thz=tol, seed=seed,
+                          n_seeds_for_error=n_seeds)
+        spec = resolve_default_model(model)
+        console.print(f"loading model [bold]{spec}[/]")
+        pot = load_potential(spec, device=device)
+        with _Progress() as prog:
+            res = run_tdph(structure, pot, temperature, hs, ts, progress=prog)
+        files = res.save(out)
+    except (TDPhononError, ValueError) as exc:
+        _fail(exc)
+    console.print(f"[green]done[/] {res.label} ({pot.identity.name}, {ts.estimator}, "
+                  f"{'self-consistent' if ts.self_consistent else 'one-shot'})")
+    for tr in res.temperatures:
+        m = tr.renormalization.metrics
+        console.print(f"  T = {tr.temperature:g} K: R_full {_num(m.get('r_full'))}, "
+                      f"max R_onsite {_num(m.get('r_onsite_max'))}, frequency shift "
+                      f"{_num(m.get('frequency_shift'))}, force calls {tr.renormalization.force_calls}, "
+                      f"Hessians {tr.renormalization.hessian_calls}")
+    for k, v in files.items():
+        console.print(f"  {k}: {v}")
+
+
+def _num(x) -> str:
+    return f"{x:.4f}" if isinstance(x, int | float) else str(x)
 
 
 @app.command("model")

@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from tdphonon.harmonic import PhononProperties  # noqa: E402
+from tdphonon.harmonic import PhononProperties
 
 
 def _tick_labels(labels: Sequence[str], distances: Sequence[np.ndarray], connections: Sequence[bool]):

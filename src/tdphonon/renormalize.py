@@ -1,0 +1,802 @@
+"""Effective (temperature-renormalised) force constants Φ(T) = ⟨∂²V/∂u∂u⟩_{Σ(T)} (physics.md §1–2).
+
+Two estimators of the thermal average of the Hessian over u ~ N(0, Σ(T)):
+
+``hessian``
+    ``potential.hessians`` at every displaced supercell, averaged, converted (3N, 3N) → (N, N, 3, 3)
+    and projected onto the space-group + lattice-translation + permutation + acoustic-sum-rule
+    symmetric subspace with the symfc projector (:class:`~tdphonon.sampling.FCProjector`).
+    Projection = averaging over all symmetry images of each configuration.
+``force_fit``
+    Least squares of the forces on the displacements in the same symmetric basis (symfc; identical to
+    phonopy's ``produce_force_constants(fc_calculator="symfc")`` on the dataset
+    ``{"displacements": u, "forces": F}``). By Stein's lemma E[u Fᵀ] = −Σ E[H] this converges to the
+    same ⟨H⟩ for Gaussian samples with one force call per configuration instead of a Hessian.
+    With ± antithetic pairs the cubic (even-force) noise cancels exactly.
+
+Schemes
+-------
+one-shot (the paper)
+    Σ from the symmetrised harmonic Φ⁰, one round: Φ(T) = ⟨H⟩_{Σ(Φ⁰)}.
+self-consistent (SCHA)
+    Φ_{k+1} = (1 − α) Φ_k + α ⟨H⟩_{Σ(Φ_k)}, α = ``mixing`` (default 0.5: the simplest damping that
+    stops the period-2 oscillation of soft modes; for slopes ≈ −2.5 of the map, as the SrTiO3 R mode,
+    use α ≈ 0.3). Converged when the commensurate-q frequencies of ⟨H⟩_{Σ(Φ_k)} and Φ_k differ by
+    less than ``tol_thz`` (the undamped fixed-point residual); then Φ(T) = ⟨H⟩_{Σ(Φ_k)}. A list of
+    temperatures is scanned from high to low, each starting from the previous result (warm start).
+    Sampling noise sets a floor to the residual: ``tol_thz`` must exceed the frequency noise of one
+    estimate (reported in the history).
+
+Error bars
+----------
+With ``n_seeds_for_error ≥ 2`` the final Σ is sampled with that many independent seeds and Φ(T) is
+their mean; otherwise the configurations (± pairs kept together) are split into
+``n_blocks_for_error`` blocks (batch means). Reported errors are standard errors of the returned
+Φ(T) (std of the estimates / √n_estimates) for the force constants, commensurate-q frequencies and
+metrics.
+
+Seeds are derived deterministically from ``settings.seed``, the temperature (mK) and the iteration:
+same settings ⇒ identical results.
+
+Robustness
+----------
+Per-configuration outliers (non-finite or above the model's limit, max|F| far above the typical
+force, energy per atom far above the median: MLIP extrapolation) raise
+:class:`~tdphonon.errors.UnphysicalForcesError` naming the material, or, with ``drop_outliers=True``,
+are dropped (with their antithetic partner) and recorded — never silently averaged. A unit cell
+that is within ``loose_symprec`` of a higher space group (e.g. a relaxation that broke the symmetry)
+is recorded and warned about (or raises :class:`~tdphonon.errors.RelaxationError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from tdphonon.errors import RelaxationError, SamplingError, TDPhononError, UnphysicalForcesError
+from tdphonon.metrics import (
+    DEFAULT_REL_THRESHOLD,
+    anharmonicity_score,
+    frequency_shift,
+    onsite_report,
+    r_full,
+    r_full_noise_floor,
+)
+from tdphonon.sampling import (
+    CapMode,
+    FCProjector,
+    ModeAmplitudePolicy,
+    ModeMethod,
+    SamplingKind,
+    ThermalCovariance,
+    commensurate_frequencies,
+    derive_seed,
+    full_force_constants,
+    matrix_to_fc,
+    normal_modes,
+    sample_displacements,
+    supercell_to_ase,
+    thermal_covariance,
+)
+
+__all__ = [
+    "FCProjector",
+    "RenormalizationResult",
+    "TDPHSettings",
+    "phonopy_with_force_constants",
+    "renormalize",
+    "renormalize_temperature",
+    "structure_symmetry",
+]
+
+Estimator = Literal["hessian", "force_fit"]
+
+
+# --------------------------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TDPHSettings:
+    """All choices that determine Φ(T) (recorded with every result; :meth:`digest` identifies them).
+
+    Attributes
+    ----------
+    estimator
+        ``"hessian"`` (average of model Hessians, projected) or ``"force_fit"`` (symfc least squares).
+    n_configurations
+        Configurations per estimate (per iteration); even when ``antithetic``.
+    sampling
+        ``"gaussian"`` or ``"fixed_amplitude"`` (|ξ_s| = 1, random signs; less noise, small bias from
+        ≥ 6th-order terms).
+    antithetic
+        Draw ± pairs (u, −u).
+    quantum
+        Bose–Einstein amplitudes (default) or classical.
+    policy
+        :class:`~tdphonon.sampling.ModeAmplitudePolicy` for imaginary / near-zero modes.
+    self_consistent, mixing, tol_thz, max_iterations
+        SCHA iteration (see module docstring). ``tol_thz`` is on commensurate-q frequencies.
+    seed
+        Base seed; per-temperature, per-iteration seeds are derived from it.
+    n_seeds_for_error
+        ≥ 2: independent seeds at the final Σ (Φ(T) is their mean); 1: batch means over
+        ``n_blocks_for_error`` blocks of the configurations.
+    max_displacement, max_displacement_ratio, cap_mode, min_distance, min_distance_ratio
+        Sampling safety: per-atom cap (Å; default ``max_displacement_ratio`` × shortest reference
+        distance) with ``"raise"``/``"clip"``; minimum interatomic distance (Å; default
+        ``min_distance_ratio`` × shortest reference distance).
+    drop_outliers, outlier_force_ratio, outlier_energy_per_atom
+        Outlier handling: a configuration with max|F| > ratio × median rms|F|, or energy per atom
+        above the median by more than max(``outlier_energy_per_atom``, 10 robust σ), is an outlier.
+    mode_method
+        ``"commensurate"`` or ``"supercell"`` construction of the normal modes.
+    hessian_delta
+        Finite-difference step (Å) for models without analytic Hessians.
+    warm_start
+        Start each (lower) temperature from the previous self-consistent result.
+    loose_symprec, symmetry_loss
+        Tolerance used to detect a structure close to a higher symmetry, and ``"warn"``/``"raise"``.
+    """
+
+    estimator: Estimator = "hessian"
+    n_configurations: int = 16
+    sampling: SamplingKind = "gaussian"
+    antithetic: bool = True
+    quantum: bool = True
+    policy: ModeAmplitudePolicy = field(default_factory=ModeAmplitudePolicy)
+    self_consistent: bool = False
+    mixing: float = 0.5
+    tol_thz: float = 0.05
+    max_iterations: int = 20
+    seed: int = 0
+    n_seeds_for_error: int = 1
+    n_blocks_for_error: int = 8
+    max_displacement: float | None = None
+    max_displacement_ratio: float = 0.5
+    cap_mode: CapMode = "raise"
+    min_distance: float | None = None
+    min_distance_ratio: float = 0.5
+    drop_outliers: bool = False
+    outlier_force_ratio: float = 12.0
+    outlier_energy_per_atom: float = 0.1
+    mode_method: ModeMethod = "commensurate"
+    hessian_delta: float = 0.01
+    warm_start: bool = True
+    loose_symprec: float = 0.05
+    symmetry_loss: Literal["warn", "raise"] = "warn"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.policy, dict):
+            object.__setattr__(self, "policy", ModeAmplitudePolicy(**self.policy))
+        if self.estimator not in ("hessian", "force_fit"):
+            raise ValueError(f"unknown estimator {self.estimator!r}")
+        if self.sampling not in ("gaussian", "fixed_amplitude"):
+            raise ValueError(f"unknown sampling kind {self.sampling!r}")
+        if self.n_configurations < 1 or (self.antithetic and self.n_configurations % 2):
+            raise ValueError("n_configurations must be ≥ 1 (and even with antithetic pairs)")
+        if not 0.0 < self.mixing <= 1.0:
+            raise ValueError("mixing must be in (0, 1]")
+        if self.max_iterations < 1 or self.tol_thz <= 0:
+            raise ValueError("max_iterations must be ≥ 1 and tol_thz > 0")
+        if self.n_seeds_for_error < 1 or self.n_blocks_for_error < 1:
+            raise ValueError("n_seeds_for_error and n_blocks_for_error must be ≥ 1")
+        if self.cap_mode not in ("raise", "clip") or self.symmetry_loss not in ("warn", "raise"):
+            raise ValueError("cap_mode must be 'raise'/'clip' and symmetry_loss 'warn'/'raise'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TDPHSettings:
+        return cls(**dict(d))
+
+    def digest(self) -> str:
+        """sha256 of the sorted-key JSON of :meth:`to_dict` (stable across runs and processes)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# results
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class RenormalizationResult:
+    """Φ(T) of one material at one temperature, with everything needed to judge it.
+
+    Attributes
+    ----------
+    label, temperature
+        Material and K.
+    force_constants
+        Φ(T), (N, N, 3, 3) eV/Å², phonopy supercell order; exactly symmetric (projected).
+    harmonic_force_constants
+        The symmetrised Φ⁰ the run started from.
+    qpoints
+        (N_L, 3) commensurate q-points (primitive reciprocal reduced coordinates).
+    frequencies, harmonic_frequencies
+        (N_L, 3n_p) signed THz at ``qpoints`` for Φ(T) and Φ⁰.
+    frequency_error
+        Standard error of ``frequencies`` (NaN when no error estimate was possible).
+    force_constants_error
+        Standard error of Φ(T), (N, N, 3, 3).
+    named_frequencies, named_harmonic_frequencies
+        Frequencies at the caller's named q-points (phonopy interpolation; NAC if set on the input).
+    converged
+        Self-consistent run: whether the residual fell below ``tol_thz``; one-shot: ``None``.
+    history
+        One dict per iteration (seed, residual, min frequency, mode report, outliers, timings).
+    force_calls, hessian_calls
+        Model cost at this temperature (deltas of ``potential.force_calls`` / ``potential.hessian_calls``;
+        finite-difference Hessians also count their 6N force calls in ``force_calls``).
+    seeds
+        All sampling seeds used (derived from ``settings["seed"]``).
+    settings
+        ``TDPHSettings.to_dict()`` plus its digest and the model identity.
+    timings
+        Seconds: ``sampling``, ``model``, ``estimator``, ``total``.
+    errors
+        Error-estimate method and standard errors of the metrics.
+    metrics
+        ``r_full``, ``r_full_noise_floor``, ``r_onsite`` (per site + maximum), ``frequency_shift``
+        (commensurate q), ``anharmonicity`` (σᴬ from the final samples), ``symmetry_residual``.
+    mode_report
+        Imaginary / soft modes of the harmonic model (and of the final Σ).
+    outliers
+        Dropped configurations (empty unless ``drop_outliers``).
+    symmetry
+        :func:`structure_symmetry` of the input structure.
+    """
+
+    label: str
+    temperature: float
+    force_constants: np.ndarray
+    harmonic_force_constants: np.ndarray
+    qpoints: np.ndarray
+    frequencies: np.ndarray
+    harmonic_frequencies: np.ndarray
+    frequency_error: np.ndarray
+    force_constants_error: np.ndarray
+    named_frequencies: dict
+    named_harmonic_frequencies: dict
+    converged: bool | None
+    history: tuple
+    force_calls: int
+    hessian_calls: int
+    seeds: tuple
+    settings: dict
+    timings: dict
+    errors: dict
+    metrics: dict
+    mode_report: dict
+    outliers: tuple
+    symmetry: dict
+
+    @property
+    def n_iterations(self) -> int:
+        return len(self.history)
+
+    def phonopy(self, phonon):
+        """A new :class:`phonopy.Phonopy` (same structure as ``phonon``) carrying Φ(T)."""
+        return phonopy_with_force_constants(phonon, self.force_constants)
+
+    def to_dict(self, include_arrays: bool = False) -> dict[str, Any]:
+        """JSON-able summary (large arrays only with ``include_arrays``)."""
+        d: dict[str, Any] = {
+            "label": self.label, "temperature": self.temperature, "converged": self.converged,
+            "n_iterations": self.n_iterations, "history": list(self.history), "force_calls": self.force_calls,
+            "hessian_calls": self.hessian_calls, "seeds": list(self.seeds), "settings": self.settings,
+            "timings": self.timings, "errors": self.errors, "metrics": self.metrics,
+            "mode_report": self.mode_report, "outliers": list(self.outliers), "symmetry": self.symmetry,
+            "qpoints": self.qpoints.tolist(), "frequencies": self.frequencies.tolist(),
+            "harmonic_frequencies": self.harmonic_frequencies.tolist(),
+            "frequency_error": np.where(np.isfinite(self.frequency_error), self.frequency_error,
+                                        -1.0).tolist(),
+            "named_frequencies": {k: np.asarray(v).tolist() for k, v in self.named_frequencies.items()},
+            "named_harmonic_frequencies": {k: np.asarray(v).tolist()
+                                           for k, v in self.named_harmonic_frequencies.items()},
+        }
+        if include_arrays:
+            d["force_constants"] = self.force_constants.tolist()
+            d["harmonic_force_constants"] = self.harmonic_force_constants.tolist()
+            d["force_constants_error"] = self.force_constants_error.tolist()
+        return d
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+def phonopy_with_force_constants(phonon, force_constants: np.ndarray):
+    """A new :class:`phonopy.Phonopy` with the structure (and NAC parameters) of ``phonon`` and Φ.
+
+    The input object is not modified; the supercell atom order is the same, so phonopy-format
+    Φ(T) from :func:`renormalize` can be used for bands, DOS, thermal properties or yaml output.
+    """
+    ph = phonon.replicate(log_level=0) if hasattr(phonon, "replicate") else phonon.copy()
+    fc = np.asarray(force_constants, dtype=float)
+    n = len(ph.supercell)
+    if fc.shape != (n, n, 3, 3):
+        raise ValueError(f"force constants must have shape {(n, n, 3, 3)}, got {fc.shape}")
+    ph.force_constants = np.array(fc, dtype="double", order="C")
+    nac = getattr(phonon, "nac_params", None)
+    if nac is not None:
+        ph.nac_params = nac
+    return ph
+
+
+def structure_symmetry(phonon, loose_symprec: float = 0.05) -> dict[str, Any]:
+    """Space group of the unit cell at phonopy's tolerance and at ``loose_symprec``.
+
+    ``near_higher_symmetry`` is True when the loose tolerance finds more operations: the structure
+    is a slightly distorted version of a more symmetric one (e.g. a relaxation that broke the
+    symmetry, or noise), and its force constants are only projected onto the lower symmetry.
+    """
+    import spglib
+
+    cell = phonon.unitcell
+    spg_cell = (np.asarray(cell.cell), np.asarray(cell.scaled_positions), np.asarray(cell.numbers))
+    tight = float(phonon.symmetry.tolerance)
+    ds_t = spglib.get_symmetry_dataset(spg_cell, symprec=tight)
+    ds_l = spglib.get_symmetry_dataset(spg_cell, symprec=max(loose_symprec, tight))
+    n_t = len(ds_t.rotations) if ds_t is not None else 1
+    n_l = len(ds_l.rotations) if ds_l is not None else 1
+    return {
+        "spacegroup": ds_t.international if ds_t is not None else "P1",
+        "spacegroup_number": int(ds_t.number) if ds_t is not None else 1,
+        "n_operations": n_t,
+        "symprec": tight,
+        "spacegroup_loose": ds_l.international if ds_l is not None else "P1",
+        "n_operations_loose": n_l,
+        "loose_symprec": float(loose_symprec),
+        "near_higher_symmetry": bool(n_l > n_t),
+    }
+
+
+def _temperature_key(t: float) -> int:
+    return round(float(t) * 1000.0)
+
+
+@dataclass
+class _Context:
+    phonon: Any
+    potential: Any
+    label: str
+    settings: TDPHSettings
+    projector: FCProjector
+    fc0: np.ndarray
+    reference: Any
+    natom: int
+    equivalent: np.ndarray
+
+
+@dataclass
+class _Estimate:
+    fc: np.ndarray
+    block_sums: np.ndarray | None  # hessian: per-block sums of Hessians (n_blocks, 3N, 3N)
+    block_counts: np.ndarray | None
+    block_index: np.ndarray  # block of each kept configuration
+    displacements: np.ndarray
+    forces: np.ndarray
+    dropped: list
+    n_hessians: int
+    n_clipped: int
+    min_distance: float
+    timings: dict
+
+
+def _evaluate_forces(ctx: _Context, cells: list,
+                     labels: list[str]) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """Energies and forces; model-level failures raise (naming the material) or are recorded."""
+    pot = ctx.potential
+    try:
+        e, f = pot.energies_and_forces(cells, labels=labels)
+        return np.asarray(e, dtype=float), np.stack(f), []
+    except UnphysicalForcesError as exc:
+        if not ctx.settings.drop_outliers:
+            raise UnphysicalForcesError(ctx.label, f"{exc.reason} (configuration '{exc.label}')") from exc
+    energies = np.full(len(cells), np.nan)
+    forces = np.full((len(cells), ctx.natom, 3), np.nan)
+    bad: list[dict] = []
+    for k, (a, lab) in enumerate(zip(cells, labels, strict=True)):
+        try:
+            e, f = pot.energies_and_forces([a], labels=[lab])
+            energies[k], forces[k] = e[0], f[0]
+        except UnphysicalForcesError as exc:
+            bad.append({"configuration": k, "reason": exc.reason})
+    return energies, forces, bad
+
+
+def _screen_outliers(ctx: _Context, energies: np.ndarray, forces: np.ndarray) -> list[dict]:
+    """Indices (with reasons) of configurations whose energy or forces are far off the rest."""
+    s = ctx.settings
+    out: list[dict] = []
+    finite = np.isfinite(energies) & np.all(np.isfinite(forces), axis=(1, 2))
+    if not np.any(finite):
+        return [{"configuration": k, "reason": "non-finite energy/forces"} for k in range(len(energies))]
+    norms = np.linalg.norm(forces[finite], axis=-1)
+    rms = np.sqrt(np.mean(norms**2, axis=1))
+    ref_rms = float(np.median(rms))
+    epa = energies[finite] / ctx.natom
+    med = float(np.median(epa))
+    mad = float(np.median(np.abs(epa - med)))
+    e_tol = max(s.outlier_energy_per_atom, 10.0 * 1.4826 * mad)
+    for pos, k in enumerate(np.flatnonzero(finite)):
+        fmax = float(norms[pos].max())
+        if ref_rms > 0 and fmax > s.outlier_force_ratio * ref_rms:
+            out.append({"configuration": int(k),
+                        "reason": f"max|F| = {fmax:.3g} eV/Å > {s.outlier_force_ratio:g} x "
+                                  f"median rms force {ref_rms:.3g} eV/Å"})
+        elif epa[pos] - med > e_tol:
+            out.append({"configuration": int(k),
+                        "reason": f"energy {epa[pos]:.4f} eV/atom exceeds the median "
+                                  f"{med:.4f} by more than {e_tol:.3g} eV/atom"})
+    for k in np.flatnonzero(~finite):
+        out.append({"configuration": int(k), "reason": "non-finite energy/forces"})
+    return out
+
+
+def _units(n: int, antithetic: bool) -> list[list[int]]:
+    return [[k, k + 1] for k in range(0, n, 2)] if antithetic else [[k] for k in range(n)]
+
+
+def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_blocks: int) -> _Estimate:
+    s = ctx.settings
+    t0 = time.perf_counter()
+    samp = sample_displacements(
+        cov, ctx.reference, s.n_configurations, kind=s.sampling, antithetic=s.antithetic, seed=seed,
+        max_displacement=s.max_displacement, max_displacement_ratio=s.max_displacement_ratio,
+        cap_mode=s.cap_mode, min_distance=s.min_distance,
+        min_distance_ratio=s.min_distance_ratio, label=ctx.label)
+    t1 = time.perf_counter()
+    labels = [f"{ctx.label} T={cov.temperature:g}K {tag} #{k}" for k in range(s.n_configurations)]
+    energies, forces, bad = _evaluate_forces(ctx, samp.supercells, labels)
+    bad = bad + [b for b in _screen_outliers(ctx, energies, forces)
+                 if b["configuration"] not in {x["configuration"] for x in bad}]
+    if bad and not s.drop_outliers:
+        desc = "; ".join(f"configuration {b['configuration']} ({labels[b['configuration']]}): {b['reason']}"
+                         for b in bad[:3])
+        raise UnphysicalForcesError(ctx.label,
+                                    f"{len(bad)} outlier configuration(s) at T={cov.temperature:g} K: "
+                                    f"{desc}. Set drop_outliers=True to drop and record them.")
+    bad_idx = {b["configuration"] for b in bad}
+    units = [u for u in _units(s.n_configurations, s.antithetic) if not (set(u) & bad_idx)]
+    dropped = [dict(b, label=labels[b["configuration"]]) for b in bad]
+    if s.antithetic:  # partners of dropped configurations go too (keeps the ± cancellation)
+        for u in _units(s.n_configurations, True):
+            for k in u:
+                if set(u) & bad_idx and k not in bad_idx:
+                    dropped.append({"configuration": k, "label": labels[k],
+                                    "reason": "antithetic partner of a dropped configuration"})
+    if len(units) < 1 or sum(len(u) for u in units) < 2:
+        raise UnphysicalForcesError(ctx.label, f"too few usable configurations at T={cov.temperature:g} K "
+                                    f"({len(dropped)} dropped of {s.n_configurations})")
+    keep = [k for u in units for k in u]
+    nb = max(1, min(n_blocks, len(units)))
+    block_of = {k: b % nb for b, u in enumerate(units) for k in u}
+    block_index = np.array([block_of[k] for k in keep])
+    u_keep = samp.displacements[keep]
+    f_keep = forces[keep]
+    t2 = time.perf_counter()
+    n_hess = 0
+    sums = counts = None
+    if s.estimator == "hessian":
+        n3 = 3 * ctx.natom
+        sums = np.zeros((nb, n3, n3))
+        counts = np.zeros(nb)
+        chunk = 8
+        for start in range(0, len(keep), chunk):
+            idx = keep[start:start + chunk]
+            h = np.asarray(ctx.potential.hessians([samp.supercells[k] for k in idx], delta=s.hessian_delta,
+                                                  labels=[labels[k] for k in idx]), dtype=float)
+            n_hess += len(idx)
+            if not np.all(np.isfinite(h)):
+                bad_k = [idx[j] for j in range(len(idx)) if not np.all(np.isfinite(h[j]))]
+                raise UnphysicalForcesError(ctx.label, f"non-finite Hessian for configuration(s) {bad_k} at "
+                                            f"T={cov.temperature:g} K")
+            for j, k in enumerate(idx):
+                sums[block_of[k]] += h[j]
+                counts[block_of[k]] += 1
+        t3 = time.perf_counter()
+        mean = sums.sum(axis=0) / counts.sum()
+        fc = ctx.projector.project(matrix_to_fc(mean))
+    else:
+        t3 = time.perf_counter()
+        if not np.any(u_keep):
+            raise SamplingError(ctx.label,
+                                f"all displacements are zero at T={cov.temperature:g} K (classical 0 K or "
+                                "every mode excluded): the force fit is undefined; use estimator='hessian'")
+        fc = ctx.projector.fit(u_keep, f_keep)
+    t4 = time.perf_counter()
+    timings = {"sampling": t1 - t0, "model": (t2 - t1) + (t3 - t2 if s.estimator == "hessian" else 0.0),
+               "estimator": (t4 - t3)}
+    mind = float(np.min(samp.min_distances[keep])) if len(keep) else float("nan")
+    return _Estimate(fc, sums, counts, block_index, u_keep, f_keep, dropped, n_hess, samp.n_clipped_atoms,
+                     mind, timings)
+
+
+def _block_estimates(ctx: _Context, est: _Estimate) -> list[np.ndarray]:
+    """Estimates from disjoint blocks of the configurations (batch means); [] if not possible."""
+    nb = int(est.block_index.max()) + 1 if est.block_index.size else 0
+    if nb < 2:
+        return []
+    if est.block_sums is not None and est.block_counts is not None:
+        return [ctx.projector.project(matrix_to_fc(est.block_sums[b] / est.block_counts[b]))
+                for b in range(nb)]
+    blocks = []
+    for b in range(nb):
+        sel = est.block_index == b
+        if 3 * ctx.natom * int(sel.sum()) >= ctx.projector.n_basis:
+            blocks.append(ctx.projector.fit(est.displacements[sel], est.forces[sel]))
+    return blocks if len(blocks) >= 2 else []
+
+
+def _std_err(arrs: list[np.ndarray]) -> np.ndarray:
+    a = np.asarray(arrs, dtype=float)
+    if len(a) < 2:
+        return np.full(a.shape[1:], np.nan)
+    return a.std(axis=0, ddof=1) / np.sqrt(len(a))
+
+
+# --------------------------------------------------------------------------------------------
+# main entry points
+# --------------------------------------------------------------------------------------------
+def _context(phonon, potential, settings: TDPHSettings, label: str,
+             projector: FCProjector | None) -> _Context:
+    projector = projector or FCProjector.from_phonopy(phonon)
+    fc0 = projector.project(full_force_constants(phonon))
+    equivalent = np.asarray(phonon.symmetry.get_map_atoms())
+    return _Context(phonon, potential, label, settings, projector, fc0, supercell_to_ase(phonon.supercell),
+                    len(phonon.supercell), equivalent)
+
+
+def renormalize_temperature(
+    phonon,
+    potential,
+    temperature: float,
+    settings: TDPHSettings,
+    label: str,
+    *,
+    start_force_constants: np.ndarray | None = None,
+    qpoints: Mapping[str, Sequence[float]] | None = None,
+    projector: FCProjector | None = None,
+    _ctx: _Context | None = None,
+    _symmetry: dict | None = None,
+) -> RenormalizationResult:
+    """Φ(T) at one temperature (see :func:`renormalize`).
+
+    ``start_force_constants`` is the initial Φ of a self-consistent run (warm start); Σ of a
+    one-shot run is always built from the symmetrised harmonic Φ⁰ (``phonon.force_constants``).
+    """
+    s = settings
+    t_start = time.perf_counter()
+    ctx = _ctx or _context(phonon, potential, s, label, projector)
+    sym = _symmetry if _symmetry is not None else structure_symmetry(phonon, s.loose_symprec)
+    calls0 = int(getattr(potential, "force_calls", 0))
+    hcalls0 = getattr(potential, "hessian_calls", None)
+    sc, prim = phonon.supercell, phonon.primitive
+    qpts, f0 = commensurate_frequencies(sc, prim, ctx.fc0)
+    modes0 = normal_modes(sc, ctx.fc0, prim, method=s.mode_method)
+    report0 = thermal_covariance(modes0, temperature, s.quantum, s.policy).report
+    tkey = _temperature_key(temperature)
+    fc_in = ctx.fc0 if (start_force_constants is None or not s.self_consistent) else \
+        ctx.projector.project(np.asarray(start_force_constants, dtype=float))
+    history: list[dict] = []
+    seeds: list[int] = []
+    dropped_all: list[dict] = []
+    n_hess = 0
+    tim = {"sampling": 0.0, "model": 0.0, "estimator": 0.0}
+    n_iter = s.max_iterations if s.self_consistent else 1
+    n_blocks = s.n_blocks_for_error if s.n_seeds_for_error < 2 else 1
+    converged: bool | None = None if not s.self_consistent else False
+    est = None
+    cov = None
+    for it in range(n_iter):
+        modes = modes0 if fc_in is ctx.fc0 else normal_modes(sc, fc_in, prim, method=s.mode_method)
+        cov = thermal_covariance(modes, temperature, s.quantum, s.policy)
+        seed = derive_seed(s.seed, tkey, it, 0)
+        seeds.append(seed)
+        est = _estimate(ctx, cov, seed, f"it{it}", n_blocks)
+        n_hess += est.n_hessians
+        dropped_all += [dict(d, iteration=it) for d in est.dropped]
+        for k in tim:
+            tim[k] += est.timings[k]
+        _, f_in = commensurate_frequencies(sc, prim, fc_in)
+        _, f_out = commensurate_frequencies(sc, prim, est.fc)
+        residual = float(np.max(np.abs(f_out - f_in)))
+        history.append({
+            "iteration": it, "seed": seed, "residual_thz": residual,
+            "min_frequency_in_thz": float(cov.report.min_frequency_thz),
+            "min_frequency_out_thz": float(np.min(f_out[~_gamma_acoustic_mask(qpts, f_out)])),
+            "n_imaginary_in": cov.report.n_imaginary, "n_affected_in": cov.report.n_affected,
+            "rms_displacement": float(np.sqrt(np.trace(cov.matrix) / ctx.natom)),
+            "n_dropped": len(est.dropped), "n_clipped_atoms": est.n_clipped,
+            "min_distance": est.min_distance, "timings": dict(est.timings),
+        })
+        if not s.self_consistent:
+            break
+        if residual < s.tol_thz:
+            converged = True
+            break
+        if it < n_iter - 1:
+            fc_in = (1.0 - s.mixing) * fc_in + s.mixing * est.fc
+    assert est is not None and cov is not None
+    if s.self_consistent and not converged:
+        warnings.warn(f"[{label}] self-consistent renormalisation at T={temperature:g} K did not converge in "
+                      f"{n_iter} iterations (last residual {history[-1]['residual_thz']:.3g} THz > "
+                      f"{s.tol_thz:g} THz)", stacklevel=2)
+    # final estimate(s) at the last Σ
+    estimates = [est]
+    last_it = history[-1]["iteration"]
+    for j in range(1, s.n_seeds_for_error):
+        seed = derive_seed(s.seed, tkey, last_it, j)
+        seeds.append(seed)
+        e = _estimate(ctx, cov, seed, f"it{last_it}s{j}", 1)
+        n_hess += e.n_hessians
+        dropped_all += [dict(d, iteration=last_it, seed_index=j) for d in e.dropped]
+        for k in tim:
+            tim[k] += e.timings[k]
+        estimates.append(e)
+    fc_t = np.mean([e.fc for e in estimates], axis=0)
+    if len(estimates) >= 2:
+        members, method = [e.fc for e in estimates], "independent seeds"
+    elif len(blocks := _block_estimates(ctx, est)) >= 2:
+        members, method = blocks, f"batch means ({len(blocks)} blocks)"
+    else:
+        members, method = [], "none"
+    _, f_t = commensurate_frequencies(sc, prim, fc_t)
+    t_metrics = time.perf_counter()
+    metrics = _metrics(ctx, fc_t, f_t, f0, qpts, estimates)
+    member_freqs = [commensurate_frequencies(sc, prim, m)[1] for m in members]
+    if members:
+        m_rf = [r_full(m, ctx.fc0) for m in members]
+        m_ro = [onsite_report(m, ctx.fc0, sc, equivalent=ctx.equivalent).maximum for m in members]
+        m_fs = [frequency_shift(fm, f0, qpts) for fm in member_freqs]
+        errors = {"method": method, "n_estimates": len(members),
+                  "r_full": float(np.std(m_rf, ddof=1) / np.sqrt(len(members))),
+                  "r_onsite_max": float(np.std(m_ro, ddof=1) / np.sqrt(len(members))),
+                  "frequency_shift": float(np.std(m_fs, ddof=1) / np.sqrt(len(members))),
+                  "max_frequency_error_thz": float(np.max(_std_err(member_freqs)))}
+        metrics["r_full_noise_floor"] = r_full_noise_floor(members[0], members[1], ctx.fc0)
+        metrics["r_full_noise_floor_note"] = ("R_full between two independent estimates of "
+                                              + ("full size" if len(estimates) >= 2 else "one block"))
+        fc_err = _std_err(members)
+        freq_err = _std_err(member_freqs)
+    else:
+        errors = {"method": method, "n_estimates": 1}
+        fc_err = np.full(fc_t.shape, np.nan)
+        freq_err = np.full(f_t.shape, np.nan)
+    tim["metrics"] = time.perf_counter() - t_metrics
+    named, named0 = {}, {}
+    if qpoints:
+        ph_t = phonopy_with_force_constants(phonon, fc_t)
+        ph_0 = phonopy_with_force_constants(phonon, ctx.fc0)
+        for name, q in qpoints.items():
+            named[name] = _frequencies_at(ph_t, q)
+            named0[name] = _frequencies_at(ph_0, q)
+    tim["total"] = time.perf_counter() - t_start
+    settings_d = s.to_dict()
+    settings_d["digest"] = s.digest()
+    settings_d["model"] = potential.identity.to_dict() if hasattr(potential, "identity") else None
+    settings_d["projector"] = {"n_basis": ctx.projector.n_basis, "n_operations": ctx.projector.n_operations}
+    mode_report = {"harmonic": report0.to_dict(), "final": cov.report.to_dict()}
+    force_calls = int(getattr(potential, "force_calls", 0)) - calls0
+    hessian_calls = int(potential.hessian_calls) - int(hcalls0) if hcalls0 is not None else n_hess
+    return RenormalizationResult(
+        label=label, temperature=float(temperature), force_constants=fc_t, harmonic_force_constants=ctx.fc0,
+        qpoints=qpts, frequencies=f_t, harmonic_frequencies=f0, frequency_error=freq_err,
+        force_constants_error=fc_err, named_frequencies=named, named_harmonic_frequencies=named0,
+        converged=converged, history=tuple(history), force_calls=force_calls, hessian_calls=hessian_calls,
+        seeds=tuple(seeds), settings=settings_d, timings=tim, errors=errors,
+        metrics=metrics, mode_report=mode_report, outliers=tuple(dropped_all), symmetry=sym)
+
+
+def _gamma_acoustic_mask(qpts: np.ndarray, freqs: np.ndarray) -> np.ndarray:
+    mask = np.zeros(freqs.shape, dtype=bool)
+    for k, q in enumerate(qpts):
+        if np.allclose(q, np.rint(q)):
+            mask[k, np.argsort(np.abs(freqs[k]))[:3]] = True
+    return mask
+
+
+def _frequencies_at(ph, q: Sequence[float]) -> np.ndarray:
+    ph.run_qpoints([list(map(float, q))])
+    return np.asarray(ph.get_qpoints_dict()["frequencies"][0], dtype=float)
+
+
+def _metrics(ctx: _Context, fc_t: np.ndarray, f_t: np.ndarray, f0: np.ndarray, qpts: np.ndarray,
+             estimates: list[_Estimate]) -> dict[str, Any]:
+    u = np.concatenate([e.displacements for e in estimates])
+    f = np.concatenate([e.forces for e in estimates])
+    ons = onsite_report(fc_t, ctx.fc0, ctx.phonon.supercell, equivalent=ctx.equivalent)
+    sym_res = float(np.max(np.abs(ctx.projector.project(fc_t) - fc_t)))
+    return {
+        "r_full": r_full(fc_t, ctx.fc0),
+        "r_full_rel_threshold": DEFAULT_REL_THRESHOLD,
+        "r_onsite": ons.to_dict(),
+        "r_onsite_max": ons.maximum,
+        "frequency_shift": frequency_shift(f_t, f0, qpts),
+        "frequency_shift_qpoints": "commensurate q-points of the supercell, Γ acoustic modes excluded",
+        "anharmonicity": anharmonicity_score(u, f, ctx.fc0),
+        "symmetry_residual": sym_res,
+        "acoustic_sum_rule_residual": float(np.max(np.abs(fc_t.sum(axis=1)))),
+    }
+
+
+def renormalize(
+    phonon,
+    potential,
+    temperatures: Sequence[float],
+    settings: TDPHSettings,
+    label: str,
+    *,
+    qpoints: Mapping[str, Sequence[float]] | None = None,
+    projector: FCProjector | None = None,
+) -> list[RenormalizationResult]:
+    """Temperature-renormalised force constants Φ(T) of one material.
+
+    Parameters
+    ----------
+    phonon
+        :class:`phonopy.Phonopy` with the *model's* harmonic force constants Φ⁰ (full or compact);
+        its supercell defines the sampling cell and the atom order of all outputs.
+    potential
+        :class:`tdphonon.potentials.Potential` (``energies_and_forces``, ``hessians``, ``force_calls``).
+    temperatures
+        K. Computed from high to low (warm starts for self-consistent runs); returned in the given
+        order.
+    settings
+        :class:`TDPHSettings`.
+    label
+        Material name (used in every error and configuration label).
+    qpoints
+        Optional named q-points (reduced coordinates of the primitive reciprocal lattice) at which
+        frequencies of Φ(T) and Φ⁰ are reported.
+    projector
+        Reuse a :class:`~tdphonon.sampling.FCProjector` of ``phonon`` (built if not given).
+
+    Returns
+    -------
+    list[RenormalizationResult]
+        One per temperature, in the order of ``temperatures``.
+
+    Raises
+    ------
+    SamplingError
+        Unphysical displacements (cap with ``cap_mode="raise"``, too close atoms).
+    UnphysicalForcesError
+        Outlier configurations without ``drop_outliers`` (or too few usable ones).
+    RelaxationError
+        With ``symmetry_loss="raise"``, a structure close to a higher symmetry.
+    """
+    temps = [float(t) for t in temperatures]
+    if not temps:
+        return []
+    if any(t < 0 or not np.isfinite(t) for t in temps):
+        raise TDPhononError(label, f"temperatures must be finite and ≥ 0, got {temps}")
+    sym = structure_symmetry(phonon, settings.loose_symprec)
+    if sym["near_higher_symmetry"]:
+        msg = (f"structure has space group {sym['spacegroup']} at symprec {sym['symprec']:g} but "
+               f"{sym['spacegroup_loose']} at {sym['loose_symprec']:g}: it lost symmetry "
+               "(e.g. in relaxation); "
+               "its force constants are only projected onto the lower symmetry")
+        if settings.symmetry_loss == "raise":
+            raise RelaxationError(label, msg)
+        warnings.warn(f"[{label}] {msg}", stacklevel=2)
+    ctx = _context(phonon, potential, settings, label, projector)
+    order = sorted(range(len(temps)), key=lambda i: -temps[i])
+    results: dict[int, RenormalizationResult] = {}
+    start = None
+    for i in order:
+        res = renormalize_temperature(phonon, potential, temps[i], settings, label,
+                                      start_force_constants=start, qpoints=qpoints, _ctx=ctx, _symmetry=sym)
+        results[i] = res
+        if settings.self_consistent and settings.warm_start:
+            start = res.force_constants
+    return [results[i] for i in range(len(temps))]

@@ -1,0 +1,64 @@
+"""The command line: ``tdphonon harmonic`` and ``tdphonon run`` write loadable outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import phonopy
+import pytest
+from typer.testing import CliRunner
+
+from conftest import REFERENCE, requires_reference
+from tdphonon.cli import app
+
+runner = CliRunner()
+
+
+@requires_reference
+def test_run_on_dft_harmonic_potential_gives_no_shift(tmp_path):
+    """End to end through the CLI with an exactly harmonic potential: Φ(T) = Φ⁰, files readable."""
+    params = REFERENCE / "phonopy" / "test" / "phonopy_params_NaCl-fd.yaml.xz"
+    ph = phonopy.load(str(params), log_level=0, is_nac=False)
+    poscar = tmp_path / "POSCAR"
+    from tdphonon.structures import from_phonopy_atoms
+
+    from_phonopy_atoms(ph.unitcell).to(filename=str(poscar), fmt="poscar")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["run", str(poscar), "-T", "300", "-T", "600", "--model", f"harmonic:{params}",
+                              "--no-relax", "--supercell", "2 2 2",
+                              "--estimator", "hessian", "--n-configurations", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [t["temperature"] for t in summary["temperatures"]] == [300.0, 600.0]
+    for t in summary["temperatures"]:
+        assert t["metrics"]["r_onsite_max"] < 1e-8
+        assert abs(t["metrics"]["frequency_shift"]) < 1e-8
+    assert summary["model"]["kind"] == "analytic" and len(summary["model"]["sha256"]) == 64
+    assert summary["tdph_settings"]["estimator"] == "hessian" and summary["tdph_settings"]["digest"]
+    p0 = phonopy.load(str(out / "phonopy_0K.yaml"), log_level=0)
+    p3 = phonopy.load(str(out / "phonopy_300K.yaml"), log_level=0)
+    np.testing.assert_allclose(p3.force_constants, p0.force_constants, atol=1e-8)
+    assert (out / "dispersion_dos.png").stat().st_size > 10_000
+
+
+@pytest.mark.mlip
+def test_harmonic_cli_sevennet(tmp_path, srtio3_cif):
+    out = tmp_path / "h"
+    res = runner.invoke(app, ["harmonic", str(srtio3_cif), "--model", "sevennet-0", "--supercell", "2 2 2",
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert s["phonons"]["imaginary"]["has_imaginary"]  # cubic SrTiO3 soft modes
+    assert (out / "dispersion_dos.png").exists()
+    phonopy.load(str(out / "phonopy.yaml"), log_level=0)
+
+
+def test_cli_reports_bad_input_clearly(tmp_path):
+    bad = tmp_path / "overlap.cif"
+    from pymatgen.core import Lattice, Structure
+
+    Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.01, 0, 0]]).to(filename=str(bad))
+    res = runner.invoke(app, ["harmonic", str(bad), "--model", "chgnet", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "overlap" in res.output and "overlapping atoms" in res.output

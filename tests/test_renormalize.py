@@ -1,0 +1,394 @@
+"""Tests of tdphonon.renormalize with analytic potentials built from DFT force constants.
+
+The on-site quartic model E = ½uᵀΦ⁰u + λ/4 Σu⁴ has the exact thermal Hessian
+⟨H⟩_Σ = Φ⁰ + 3λ diag(Σ). It is not translationally invariant (the on-site term pins atoms), while
+every estimate is constrained to the sum-rule subspace, so the exact targets are
+
+* Hessian estimator: P(Φ⁰ + 3λ diag Σ) with P the orthogonal (symfc) projector;
+* force fit: the Σ-weighted least-squares projection of the same matrix (the large-sample limit of
+  the fit, by Stein's lemma), obtained from noise-free "data" u_s = M^{-1/2} w_s σ_s, F = −H u_s.
+
+The self-consistent targets are the fixed points of Φ ↦ target(Φ⁰ + 3λ diag Σ(Φ)), computed here by
+plain deterministic iteration (no sampling).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from _refdata import NACL_FD, requires_reference, symmetric_reference
+from tdphonon.analytic import ForceConstantPotential
+from tdphonon.errors import RelaxationError, SamplingError, UnphysicalForcesError
+from tdphonon.metrics import r_full, r_onsite
+from tdphonon.renormalize import (
+    TDPHSettings,
+    phonopy_with_force_constants,
+    renormalize,
+    structure_symmetry,
+)
+from tdphonon.sampling import (
+    FCProjector,
+    ModeAmplitudePolicy,
+    commensurate_frequencies,
+    derive_seed,
+    fc_to_matrix,
+    matrix_to_fc,
+    normal_modes,
+    sample_displacements,
+    supercell_to_ase,
+    thermal_covariance,
+)
+
+pytestmark = [pytest.mark.shared, requires_reference]
+
+LAMBDA = 5.0  # eV/Å⁴: R_onsite ≈ 0.17 at 300 K (one-shot), 0.34 at 600 K for NaCl
+
+
+@pytest.fixture(scope="module")
+def nacl():
+    return symmetric_reference(NACL_FD)
+
+
+def _pot(ph, fc, lam=0.0):
+    return ForceConstantPotential(supercell_to_ase(ph.supercell), fc, quartic=lam)
+
+
+def _target(ph, proj, fc0, fc, t, estimator, lam=LAMBDA):
+    modes = normal_modes(ph.supercell, fc, ph.primitive)
+    cov = thermal_covariance(modes, t)
+    h = fc0 + 3 * lam * matrix_to_fc(np.diag(np.diag(cov.matrix)))
+    if estimator == "hessian":
+        return proj.project(h)
+    u = (modes.displacement_patterns() * cov.sigma[None, :]).T.reshape(-1, len(ph.supercell), 3)
+    f = -(u.reshape(len(u), -1) @ fc_to_matrix(h).T).reshape(u.shape)
+    return proj.fit(u, f)
+
+
+def _fixed_point(ph, proj, fc0, t, estimator):
+    fc = fc0.copy()
+    for _ in range(300):
+        new = _target(ph, proj, fc0, fc, t, estimator)
+        if np.abs(new - fc).max() < 1e-10:
+            return new
+        fc = 0.5 * fc + 0.5 * new
+    raise AssertionError("deterministic fixed point did not converge")
+
+
+def _freqs(ph, fc):
+    return commensurate_frequencies(ph.supercell, ph.primitive, fc)[1]
+
+
+# --------------------------------------------------------------------------------------------
+def test_projector_imposes_space_group_and_sum_rule(nacl):
+    ph, proj, _ = nacl
+    n = len(ph.supercell)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3 * n, 3 * n))
+    rand = matrix_to_fc(a + a.T)
+    p = proj.project(rand)
+    assert np.abs(proj.project(p) - p).max() < 1e-12  # idempotent
+    assert np.abs(p.sum(axis=1)).max() < 1e-10  # acoustic sum rule
+    assert np.allclose(p, p.transpose(1, 0, 3, 2))  # Φ_ij = Φ_jiᵀ
+    # phonopy's space-group symmetrisation leaves P·Φ unchanged, but changes the raw random Φ
+    for fc, changed in ((p, False), (rand, True)):
+        ph2 = phonopy_with_force_constants(ph, fc)
+        ph2.symmetrize_force_constants_by_space_group(show_drift=False)
+        assert bool(np.abs(ph2.force_constants - fc).max() > 1e-3) == changed
+    # same projector as phonopy's own symfc-projector symmetrisation
+    ph3 = phonopy_with_force_constants(ph, rand)
+    ph3.symmetrize_force_constants(use_symfc_projector=True, show_drift=False)
+    assert np.abs(ph3.force_constants - p).max() < 1e-10
+
+
+def test_force_fit_equals_phonopy_symfc(nacl):
+    ph, proj, fc0 = nacl
+    pot = _pot(ph, fc0, LAMBDA)
+    cov = thermal_covariance(normal_modes(ph.supercell, fc0, ph.primitive), 300.0)
+    s = sample_displacements(cov, supercell_to_ase(ph.supercell), 4, seed=3)
+    f = pot.forces(s.supercells)
+    ph2 = phonopy_with_force_constants(ph, fc0)
+    ph2.dataset = {"displacements": s.displacements, "forces": f}
+    ph2.produce_force_constants(fc_calculator="symfc", show_drift=False)
+    assert np.abs(ph2.force_constants - proj.fit(s.displacements, f)).max() < 1e-9
+
+
+@pytest.mark.parametrize("estimator", ["hessian", "force_fit"])
+@pytest.mark.parametrize("self_consistent", [False, True])
+def test_harmonic_potential_returns_phi0(nacl, estimator, self_consistent):
+    ph, proj, fc0 = nacl
+    pot = _pot(ph, fc0)
+    st = TDPHSettings(estimator=estimator, n_configurations=4, self_consistent=self_consistent, seed=1)
+    res = renormalize(ph, pot, [300.0, 800.0], st, "NaCl", projector=proj)
+    for r in res:
+        assert np.abs(r.force_constants - fc0).max() < 1e-9
+        assert r_full(r.force_constants, fc0) < 1e-9 and r.metrics["r_full"] < 1e-9
+        assert r.metrics["r_onsite_max"] < 1e-9 and r.metrics["frequency_shift"] < 1e-9
+        assert r.metrics["r_full_noise_floor"] < 1e-9  # two independent estimates agree exactly
+        assert r.metrics["anharmonicity"] < 1e-12
+        assert r.converged is (True if self_consistent else None) and r.n_iterations == 1
+        assert r.force_calls == 4  # one force evaluation per configuration (analytic Hessians are free)
+        assert r.hessian_calls == (4 if estimator == "hessian" else 0)
+
+
+def test_hessian_average_is_exact_and_pipeline_reproduces_it(nacl):
+    ph, proj, fc0 = nacl
+    pot = _pot(ph, fc0, LAMBDA)
+    st = TDPHSettings(estimator="hessian", n_configurations=6, seed=4)
+    res = renormalize(ph, pot, [300.0], st, "NaCl", projector=proj)[0]
+    seed = derive_seed(4, 300000, 0, 0)
+    assert res.seeds == (seed,) and res.history[0]["seed"] == seed
+    cov = thermal_covariance(normal_modes(ph.supercell, fc0, ph.primitive), 300.0)
+    s = sample_displacements(cov, supercell_to_ase(ph.supercell), 6, antithetic=True, seed=seed)
+    h = pot.hessians(s.supercells).mean(axis=0)
+    u2 = (s.displacements.reshape(6, -1) ** 2).mean(axis=0)
+    assert np.abs(h - (fc_to_matrix(fc0) + 3 * LAMBDA * np.diag(u2))).max() < 1e-12
+    assert np.abs(res.force_constants - proj.project(matrix_to_fc(h))).max() < 1e-12
+
+
+@pytest.mark.parametrize("estimator,sampling,n", [("hessian", "gaussian", 16),
+                                                   ("hessian", "fixed_amplitude", 16),
+                                                   ("force_fit", "gaussian", 48)])
+def test_one_shot_quartic_matches_closed_form(nacl, estimator, sampling, n):
+    ph, proj, fc0 = nacl
+    pot = _pot(ph, fc0, LAMBDA)
+    st = TDPHSettings(estimator=estimator, sampling=sampling, n_configurations=n, seed=7)
+    res = renormalize(ph, pot, [300.0, 600.0], st, "NaCl-quartic", projector=proj)
+    idx = np.arange(len(ph.supercell))
+    for r in res:
+        target = _target(ph, proj, fc0, fc0, r.temperature, estimator)
+        shift = np.abs(target[idx, idx] - fc0[idx, idx]).max()
+        assert r_onsite(target, fc0).max() > 0.15  # the effect is large ...
+        dev = np.abs(r.force_constants[idx, idx] - target[idx, idx])
+        err = r.force_constants_error[idx, idx]
+        assert r.errors["method"].startswith("batch means")
+        assert np.all(dev <= 4 * err + 1e-9)  # ... and reproduced within the reported error
+        assert dev.max() < 0.1 * shift
+        fdev = np.abs(r.frequencies - _freqs(ph, target))
+        assert fdev.max() <= 4 * np.nanmax(r.frequency_error) + 1e-6
+        r_target = r_onsite(target, fc0).max()
+        assert abs(r.metrics["r_onsite_max"] - r_target) <= 4 * r.errors["r_onsite_max"] + 1e-9
+
+
+@pytest.mark.parametrize("estimator,sampling,n,tol", [("hessian", "gaussian", 16, 0.05),
+                                                       ("force_fit", "gaussian", 64, 0.2)])
+def test_self_consistent_quartic_reaches_fixed_point(nacl, estimator, sampling, n, tol):
+    ph, proj, fc0 = nacl
+    pot = _pot(ph, fc0, LAMBDA)
+    st = TDPHSettings(estimator=estimator, sampling=sampling, n_configurations=n, self_consistent=True,
+                      tol_thz=tol, max_iterations=25, seed=3)
+    res = renormalize(ph, pot, [300.0, 600.0], st, "NaCl-quartic", projector=proj)
+    assert [r.temperature for r in res] == [300.0, 600.0]
+    assert len(set(res[0].seeds) | set(res[1].seeds)) == len(res[0].seeds) + len(res[1].seeds)
+    for r in res:
+        assert r.converged, r.history
+        fp = _freqs(ph, _fixed_point(ph, proj, fc0, r.temperature, estimator))
+        one_shot = _freqs(ph, _target(ph, proj, fc0, fc0, r.temperature, estimator))
+        d_fp = np.abs(r.frequencies - fp).max()
+        d_os = np.abs(r.frequencies - one_shot).max()
+        assert d_fp <= 4 * np.nanmax(r.frequency_error) + tol
+        if r.temperature == 600.0:  # SC and one-shot differ by 0.25 THz here: the run must pick SC
+            assert d_fp < 0.5 * d_os
+        assert r.force_calls > 0 and len(r.history) == r.n_iterations
+    # the scan went high → low with a warm start: 300 K starts close to its fixed point
+    assert res[0].history[0]["residual_thz"] < res[1].history[0]["residual_thz"]
+
+
+def test_invariant_to_atom_order_and_rigid_translation(nacl):
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    ph, proj, fc0 = nacl
+    st = TDPHSettings(estimator="hessian", n_configurations=4, seed=5)
+    base = renormalize(ph, _pot(ph, fc0, LAMBDA), [400.0], st, "NaCl", projector=proj)[0].force_constants
+    st_ff = TDPHSettings(estimator="force_fit", n_configurations=4, seed=5)
+    base_ff = renormalize(ph, _pot(ph, fc0, LAMBDA), [400.0], st_ff, "NaCl",
+                          projector=proj)[0].force_constants
+    uc = ph.unitcell
+    perm = np.array([5, 2, 7, 0, 4, 1, 6, 3])
+    cells = {
+        "permuted": PhonopyAtoms(symbols=[uc.symbols[i] for i in perm], cell=uc.cell,
+                                 scaled_positions=uc.scaled_positions[perm]),
+        "translated": PhonopyAtoms(symbols=uc.symbols, cell=uc.cell,
+                                   scaled_positions=uc.scaled_positions + np.array([0.013, 0.029, 0.041])),
+    }
+    ref_pos = ph.supercell.scaled_positions
+    for name, cell in cells.items():
+        ph2 = Phonopy(cell, supercell_matrix=ph.supercell_matrix, primitive_matrix=ph.primitive_matrix,
+                      log_level=0)
+        shift = 0.0
+        if name == "translated":  # unit-cell fractional shift in supercell fractional coordinates
+            shift = np.array([0.013, 0.029, 0.041]) @ np.linalg.inv(ph.supercell_matrix).T
+        d = ph2.supercell.scaled_positions[:, None, :] - shift - ref_pos[None, :, :]
+        d -= np.rint(d)
+        mapping = np.argmin(np.linalg.norm(d, axis=-1), axis=1)  # new index → old index
+        assert sorted(mapping) == list(range(len(mapping)))
+        if name == "permuted":
+            assert not np.array_equal(mapping, np.arange(len(mapping)))
+        fc_new = fc0[np.ix_(mapping, mapping)]
+        ph2.force_constants = fc_new
+        for settings, expected in ((st, base), (st_ff, base_ff)):
+            out = renormalize(ph2, _pot(ph2, fc_new, LAMBDA), [400.0], settings, "NaCl")[0].force_constants
+            back = np.empty_like(out)
+            back[np.ix_(mapping, mapping)] = out
+            assert np.abs(back - expected).max() < 1e-9, (name, settings.estimator)
+
+
+def test_output_obeys_space_group_and_sum_rule(nacl):
+    ph, proj, fc0 = nacl
+    st = TDPHSettings(estimator="force_fit", n_configurations=8, self_consistent=True, tol_thz=0.3, seed=2)
+    r = renormalize(ph, _pot(ph, fc0, LAMBDA), [500.0], st, "NaCl", projector=proj)[0]
+    fc = r.force_constants
+    assert np.abs(fc.sum(axis=1)).max() < 1e-8 and np.abs(fc.sum(axis=0)).max() < 1e-8
+    assert np.allclose(fc, fc.transpose(1, 0, 3, 2), atol=1e-12)
+    ph2 = r.phonopy(ph)
+    ph2.symmetrize_force_constants_by_space_group(show_drift=False)
+    assert np.abs(ph2.force_constants - fc).max() < 1e-10
+    assert r.metrics["symmetry_residual"] < 1e-10 and r.metrics["acoustic_sum_rule_residual"] < 1e-8
+    # a fresh projector (own symmetry search) agrees
+    assert np.abs(FCProjector(ph.supercell).project(fc) - fc).max() < 1e-10
+
+
+def test_reproducible_with_seed(nacl):
+    ph, proj, fc0 = nacl
+    st = TDPHSettings(estimator="hessian", n_configurations=4, seed=9, self_consistent=True, tol_thz=0.3)
+    a = renormalize(ph, _pot(ph, fc0, LAMBDA), [300.0], st, "NaCl", projector=proj)[0]
+    b = renormalize(ph, _pot(ph, fc0, LAMBDA), [300.0], st, "NaCl", projector=proj)[0]
+    c = renormalize(ph, _pot(ph, fc0, LAMBDA), [300.0],
+                    TDPHSettings(**{**st.to_dict(), "seed": 10}), "NaCl", projector=proj)[0]
+    assert np.array_equal(a.force_constants, b.force_constants) and a.seeds == b.seeds
+    assert not np.allclose(a.force_constants, c.force_constants) and a.seeds != c.seeds
+
+
+class _SpikyPotential(ForceConstantPotential):
+    """Quartic model whose configuration #3 gets huge forces and energy (an MLIP extrapolation)."""
+
+    def _compute(self, atoms_list):
+        e, f = super()._compute(atoms_list)
+        e = np.array(e, dtype=float)
+        f = [np.array(x) for x in f]
+        for k, a in enumerate(atoms_list):
+            if str(a.info.get("label", "")).endswith("#3"):
+                f[k] = f[k] * 100.0
+                e[k] += 5.0 * len(a)
+        return e, f
+
+
+def test_outliers_raise_or_are_dropped_and_recorded(nacl):
+    ph, proj, fc0 = nacl
+    ref = supercell_to_ase(ph.supercell)
+    st = TDPHSettings(estimator="hessian", n_configurations=8, seed=1)
+    with pytest.raises(UnphysicalForcesError) as err:
+        renormalize(ph, _SpikyPotential(ref, fc0, quartic=LAMBDA), [300.0], st, "NaCl-spiky", projector=proj)
+    assert err.value.label == "NaCl-spiky" and "#3" in str(err.value)
+    st_drop = TDPHSettings(**{**st.to_dict(), "drop_outliers": True})
+    r = renormalize(ph, _SpikyPotential(ref, fc0, quartic=LAMBDA), [300.0], st_drop, "NaCl-spiky",
+                    projector=proj)[0]
+    assert sorted(o["configuration"] for o in r.outliers) == [2, 3]  # #3 and its antithetic partner #2
+    assert r.hessian_calls == 6 and r.history[0]["n_dropped"] == 2
+    # the model's own force limit (UnphysicalForcesError inside the potential) is handled the same way
+    pot = _SpikyPotential(ref, fc0, quartic=LAMBDA)
+    pot.max_force = 20.0
+    with pytest.raises(UnphysicalForcesError) as err:
+        renormalize(ph, pot, [300.0], st, "NaCl-spiky", projector=proj)
+    assert err.value.label == "NaCl-spiky"
+    r2 = renormalize(ph, pot, [300.0], st_drop, "NaCl-spiky", projector=proj)[0]
+    assert sorted(o["configuration"] for o in r2.outliers) == [2, 3]
+
+
+def test_phonopy_copy_and_named_qpoints(nacl):
+    ph, proj, fc0 = nacl
+    st = TDPHSettings(estimator="hessian", n_configurations=4, seed=1)
+    r = renormalize(ph, _pot(ph, fc0, LAMBDA), [300.0], st, "NaCl", projector=proj,
+                    qpoints={"X": [0.5, 0.0, 0.5], "L": [0.5, 0.5, 0.5]})[0]
+    ph_t = r.phonopy(ph)
+    assert ph_t is not ph and np.array_equal(ph_t.force_constants, r.force_constants)
+    assert np.array_equal(ph.force_constants, fc0)  # input untouched
+    for q, f in zip(r.qpoints, r.frequencies, strict=True):
+        ph_t.run_qpoints([q])
+        assert np.allclose(ph_t.get_qpoints_dict()["frequencies"][0], f, atol=1e-6)
+    ix = int(np.argmin(np.linalg.norm(r.qpoints - np.array([0.5, 0.0, 0.5]), axis=1)))
+    assert np.allclose(r.named_frequencies["X"], r.frequencies[ix], atol=1e-6)
+    assert np.all(r.named_frequencies["L"][3:] > r.named_harmonic_frequencies["L"][3:])  # on-site stiffening
+    d = r.to_dict()
+    json.dumps(d)
+    assert d["settings"]["digest"] == st.digest() and d["settings"]["model"]["kind"] == "analytic"
+    assert d["mode_report"]["harmonic"]["n_imaginary"] == 0
+
+
+def test_settings_digest_and_roundtrip():
+    a = TDPHSettings()
+    b = TDPHSettings.from_dict(json.loads(json.dumps(a.to_dict())))
+    assert a == b and a.digest() == b.digest() and len(a.digest()) == 64
+    assert TDPHSettings(seed=1).digest() != a.digest()
+    assert TDPHSettings(policy=ModeAmplitudePolicy("exclude")).digest() != a.digest()
+    expected_policy = {"kind": "abs", "threshold_thz": 0.5, "floor_thz": 1.0, "amplitude": 0.05}
+    assert a.to_dict()["policy"] == expected_policy
+    with pytest.raises(ValueError):
+        TDPHSettings(antithetic=True, n_configurations=3)
+    with pytest.raises(ValueError):
+        TDPHSettings(mixing=0.0)
+
+
+def test_lost_symmetry_is_detected(nacl):
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    ph, _, _ = nacl
+    assert structure_symmetry(ph)["near_higher_symmetry"] is False
+    uc = ph.unitcell
+    pos = uc.scaled_positions.copy()
+    pos[0] += [0.002, 0.0, 0.0]  # 0.011 Å: a relaxation that broke the cubic symmetry
+    bad = Phonopy(PhonopyAtoms(symbols=uc.symbols, cell=uc.cell, scaled_positions=pos),
+                  supercell_matrix=np.eye(3), primitive_matrix="P", log_level=0)
+    sym = structure_symmetry(bad)
+    assert sym["near_higher_symmetry"] and sym["n_operations_loose"] > sym["n_operations"]
+    n = len(bad.supercell)
+    bad.force_constants = np.zeros((n, n, 3, 3))
+    st = TDPHSettings(symmetry_loss="raise", n_configurations=2)
+    with pytest.raises(RelaxationError) as err:
+        renormalize(bad, _pot(bad, np.zeros((n, n, 3, 3))), [300.0], st, "NaCl-distorted")
+    assert err.value.label == "NaCl-distorted"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="lost symmetry"):
+            renormalize(bad, _pot(bad, np.zeros((n, n, 3, 3))), [300.0], TDPHSettings(n_configurations=2),
+                        "NaCl-distorted")
+
+
+def test_error_bar_from_independent_seeds(nacl):
+    ph, proj, fc0 = nacl
+    st = TDPHSettings(estimator="hessian", n_configurations=8, n_seeds_for_error=3, seed=12)
+    r = renormalize(ph, _pot(ph, fc0, LAMBDA), [300.0], st, "NaCl", projector=proj)[0]
+    assert r.errors["method"] == "independent seeds" and r.errors["n_estimates"] == 3
+    assert r.seeds == tuple(derive_seed(12, 300000, 0, j) for j in range(3))
+    assert r.hessian_calls == 24 and "full size" in r.metrics["r_full_noise_floor_note"]
+    # Φ(T) is the mean of the three estimates: reproduce it from the recorded seeds
+    cov = thermal_covariance(normal_modes(ph.supercell, fc0, ph.primitive), 300.0)
+    pot = _pot(ph, fc0, LAMBDA)
+    ests = []
+    for sd in r.seeds:
+        s = sample_displacements(cov, supercell_to_ase(ph.supercell), 8, antithetic=True, seed=sd)
+        ests.append(proj.project(matrix_to_fc(pot.hessians(s.supercells).mean(axis=0))))
+    assert np.abs(r.force_constants - np.mean(ests, axis=0)).max() < 1e-12
+    expected_err = np.std(ests, axis=0, ddof=1) / np.sqrt(3)
+    assert np.allclose(r.force_constants_error, expected_err, atol=1e-12)
+    idx = np.arange(len(ph.supercell))
+    target = _target(ph, proj, fc0, fc0, 300.0, "hessian")
+    dev = np.abs(r.force_constants - target)[idx, idx]
+    assert np.all(dev <= 4 * r.force_constants_error[idx, idx] + 1e-9)
+
+
+def test_force_fit_without_displacements_is_refused(nacl):
+    ph, proj, fc0 = nacl
+    st = TDPHSettings(estimator="force_fit", quantum=False, n_configurations=2)
+    with pytest.raises(SamplingError) as err:
+        renormalize(ph, _pot(ph, fc0, LAMBDA), [0.0], st, "NaCl-cold", projector=proj)
+    assert err.value.label == "NaCl-cold"
+    # the Hessian estimator is exact there: classical 0 K means Φ(T) = Φ⁰
+    st_h = TDPHSettings(quantum=False, n_configurations=2)
+    r = renormalize(ph, _pot(ph, fc0, LAMBDA), [0.0], st_h, "NaCl-cold", projector=proj)[0]
+    assert np.abs(r.force_constants - fc0).max() < 1e-12
