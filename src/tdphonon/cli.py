@@ -83,22 +83,28 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model spec: matgl 
                                        "sevennet-0, atomate2:<name>, harmonic:<phonopy yaml>; 'default' = "
                                        "shipped model or SevenNet-0")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder")]
+StructureArg = Annotated[Path, typer.Argument(help="CIF / POSCAR / any pymatgen-readable structure")]
+RelaxOpt = Annotated[bool, typer.Option(help="relax with the space group fixed")]
+SupercellOpt = Annotated[str | None, typer.Option(help="supercell matrix: '2 2 2' or 9 integers")]
+MinLengthOpt = Annotated[float, typer.Option(help="automatic supercell: min width (Å)")]
+MaxAtomsOpt = Annotated[int, typer.Option(help="automatic supercell: max atoms")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu / cuda (default: auto)")]
 
 
 @app.command()
 def harmonic(
-    structure: Annotated[Path, typer.Argument(help="CIF / POSCAR / any pymatgen-readable structure")],
+    structure: StructureArg,
     model: ModelOpt = DEFAULT_MODEL,
     out: OutOpt = Path("out"),
-    relax: Annotated[bool, typer.Option(help="relax with the space group fixed")] = True,
-    supercell: Annotated[str | None, typer.Option(help="supercell matrix: '2 2 2' or 9 integers")] = None,
-    min_length: Annotated[float, typer.Option(help="automatic supercell: min width (Å)")] = 10.0,
-    max_atoms: Annotated[int, typer.Option(help="automatic supercell: max atoms")] = 260,
+    relax: RelaxOpt = True,
+    supercell: SupercellOpt = None,
+    min_length: MinLengthOpt = 10.0,
+    max_atoms: MaxAtomsOpt = 260,
     displacement: Annotated[float, typer.Option(help="finite displacement (Å)")] = 0.01,
     fmax: Annotated[float, typer.Option(help="relaxation force criterion (eV/Å)")] = 0.005,
     relax_steps: Annotated[int, typer.Option(help="relaxation step budget")] = 300,
     standardize: Annotated[bool, typer.Option(help="use the conventional standard cell")] = True,
-    device: Annotated[str | None, typer.Option(help="cpu / cuda (default: auto)")] = None,
+    device: DeviceOpt = None,
 ) -> None:
     """ML harmonic phonons: writes phonopy.yaml, summary.json and dispersion_dos.png."""
     _quiet()
@@ -130,7 +136,7 @@ def harmonic(
 
 @app.command()
 def run(
-    structure: Annotated[Path, typer.Argument(help="CIF / POSCAR / any pymatgen-readable structure")],
+    structure: StructureArg,
     temperature: Annotated[list[float], typer.Option("--temperature", "-T", help="K (repeat for several)")] = [300.0],  # noqa: B006
     model: ModelOpt = DEFAULT_MODEL,
     out: OutOpt = Path("out"),
@@ -147,12 +153,12 @@ def run(
     tol: Annotated[float, typer.Option(help="self-consistency tolerance on frequencies (THz)")] = 0.05,
     seed: Annotated[int, typer.Option(help="base random seed")] = 0,
     n_seeds: Annotated[int, typer.Option(help="independent seeds for the error bar (1: block means)")] = 1,
-    relax: Annotated[bool, typer.Option(help="relax with the space group fixed")] = True,
-    supercell: Annotated[str | None, typer.Option(help="supercell matrix: '2 2 2' or 9 integers")] = None,
-    min_length: Annotated[float, typer.Option(help="automatic supercell: min width (Å)")] = 10.0,
-    max_atoms: Annotated[int, typer.Option(help="automatic supercell: max atoms")] = 260,
+    relax: RelaxOpt = True,
+    supercell: SupercellOpt = None,
+    min_length: MinLengthOpt = 10.0,
+    max_atoms: MaxAtomsOpt = 260,
     displacement: Annotated[float, typer.Option(help="finite displacement for Φ⁰ (Å)")] = 0.01,
-    device: Annotated[str | None, typer.Option(help="cpu / cuda (default: auto)")] = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Harmonic + temperature-dependent force constants: phonopy yaml for Φ⁰ and each Φ(T), summary.json,
     dispersion_dos.png (0 K and each T)."""
@@ -197,7 +203,7 @@ def _num(x) -> str:
 @app.command("model")
 def model_info(
     model: ModelOpt = DEFAULT_MODEL,
-    device: Annotated[str | None, typer.Option(help="cpu / cuda (default: auto)")] = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Load a model and print its identity (name, sha256, package version) as JSON."""
     _quiet()
