@@ -41,9 +41,17 @@ MODELS = {
 
 #: exchange-correlation functional per set, as stated in ../shared/reference/README.md
 FUNCTIONAL = {
-    "MgO": "PBE", "Al2O3": "PBEsol", "CaTiO3": "PBE", "MgB2": "PBE", "SiO2-HP": "PBE", "ZnO": "PBE",
-    "Cr": "PBEsol (bcc AFM: magnetic, MLIPs are non-magnetic)", "phonopy_params_Si": "PBE",
-    "phonopy_params_NaCl-fd": "PBE", "phonopy_params_NaCl-rd": "PBE", "phonopy_disp_SnO2": "PBEsol",
+    "MgO": "PBE",
+    "Al2O3": "PBEsol",
+    "CaTiO3": "PBE",
+    "MgB2": "PBE",
+    "SiO2-HP": "PBE",
+    "ZnO": "PBE",
+    "Cr": "PBEsol (bcc AFM: magnetic, MLIPs are non-magnetic)",
+    "phonopy_params_Si": "PBE",
+    "phonopy_params_NaCl-fd": "PBE",
+    "phonopy_params_NaCl-rd": "PBE",
+    "phonopy_disp_SnO2": "PBEsol",
 }
 
 
@@ -60,13 +68,18 @@ def main(argv=None) -> int:
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--only", nargs="*", default=None, help="reference names to include")
     ap.add_argument("--out", default=str(OUT / "harmonic_accuracy.json"))
+    ap.add_argument("--fresh", action="store_true", help="ignore per-material results already in --out")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # checkpoint: per-material results are written after every material and reused on restart
+    previous = {} if args.fresh or not out.exists() else json.loads(out.read_text()).get("models", {})
     if not (SHARED / "reference").is_dir():
         print(f"reference data not found at {SHARED / 'reference'}", file=sys.stderr)
         return 1
 
     from tdphonon.evaluation import compare_with_reference, iter_reference_sets
-    from tdphonon.potentials import LOAD_SECONDS, hardware_info, load_potential, package_versions
+    from tdphonon.potentials import load_potential
 
     refs = []
     skipped = {}
@@ -80,11 +93,14 @@ def main(argv=None) -> int:
     print(f"{len(refs)} reference sets loaded, {len(skipped)} skipped", flush=True)
 
     results: dict = {"description": __doc__.strip().splitlines()[0], "models": {}, "skipped_references": skipped}
+    results["models"].update(previous)
     for mname in args.models:
         key = next(k for k in MODELS if k == mname or mname.lower() in k.lower())
         pot = load_potential(MODELS[key], device="cpu")
-        per = {}
+        per = dict(previous.get(key, {}).get("materials", {}))
         for name, ref in refs:
+            if name in per and "error" not in per[name]:
+                continue
             try:
                 pot.check_elements(list(ref.phonon.unitcell.symbols), name)
                 c = compare_with_reference(ref, pot)
@@ -95,39 +111,64 @@ def main(argv=None) -> int:
             d = c.to_dict()
             d.update(functional=functional(name), n_materials=1, seconds_per_material=c.seconds)
             per[name] = d
-            print(f"{key:24s} {name:40s} {len(ref.phonon.supercell):4d} at  MAE {c.mae_thz:6.3f} THz "
-                  f"{c.seconds:6.1f} s", flush=True)
-        ok = {k: v for k, v in per.items() if "error" not in v}
-        all_err = np.concatenate([np.abs(np.array(v["frequencies_ml"]) - np.array(v["frequencies_dft"]))
-                                  for v in ok.values()]) if ok else np.zeros(0)
-        results["models"][key] = {
-            "model": pot.identity.to_dict(),
-            "load_seconds": LOAD_SECONDS.get((MODELS[key], "cpu")),
-            "n_materials": len(ok),
-            "mae_thz": float(np.mean([v["mae_thz"] for v in ok.values()])) if ok else None,
-            "mae_thz_all_modes": float(all_err.mean()) if all_err.size else None,
-            "median_material_mae_thz": float(np.median([v["mae_thz"] for v in ok.values()])) if ok else None,
-            "seconds_per_material": float(np.mean([v["seconds"] for v in ok.values()])) if ok else None,
-            "materials": per,
-        }
+            print(
+                f"{key:24s} {name:40s} {len(ref.phonon.supercell):4d} at  MAE {c.mae_thz:6.3f} THz {c.seconds:6.1f} s",
+                flush=True,
+            )
+            results["models"][key] = summarize(pot, MODELS[key], per)
+            finish(results, out, plot=False)
+        results["models"][key] = summarize(pot, MODELS[key], per)
+    finish(results, out, plot=True)
+    for k, v in results["models"].items():
+        print(
+            f"{k}: MAE {v['mae_thz']:.3f} THz over {v['n_materials']} materials, "
+            f"{v['seconds_per_material']:.2f} s/material"
+        )
+    return 0
+
+
+def summarize(pot, spec: str, per: dict) -> dict:
+    from tdphonon.potentials import LOAD_SECONDS
+
+    ok = {k: v for k, v in per.items() if "error" not in v}
+    all_err = (
+        np.concatenate([np.abs(np.array(v["frequencies_ml"]) - np.array(v["frequencies_dft"])) for v in ok.values()])
+        if ok
+        else np.zeros(0)
+    )
+    return {
+        "model": pot.identity.to_dict(),
+        "load_seconds": LOAD_SECONDS.get((spec, "cpu")),
+        "n_materials": len(ok),
+        "mae_thz": float(np.mean([v["mae_thz"] for v in ok.values()])) if ok else None,
+        "mae_thz_all_modes": float(all_err.mean()) if all_err.size else None,
+        "median_material_mae_thz": float(np.median([v["mae_thz"] for v in ok.values()])) if ok else None,
+        "seconds_per_material": float(np.mean([v["seconds"] for v in ok.values()])) if ok else None,
+        "materials": per,
+    }
+
+
+def finish(results: dict, out: Path, plot: bool) -> None:
+    from tdphonon.potentials import hardware_info, package_versions
+
     results["method"] = {
-        "displacement_A": 0.01, "structure": "DFT unit cell, no relaxation", "supercell": "DFT supercell",
-        "qpoints": "commensurate with the DFT supercell; 3 acoustic Γ modes excluded", "nac": False,
+        "displacement_A": 0.01,
+        "structure": "DFT unit cell, no relaxation",
+        "supercell": "DFT supercell",
+        "qpoints": "commensurate with the DFT supercell; 3 acoustic Γ modes excluded",
+        "nac": False,
         "thermal": "phonopy mesh 30 Å, 300 K; F in kJ/mol, S and Cv in J/K/mol (primitive cell)",
         "note": "functionals differ between sets (see 'functional'); the overall MAE mixes PBE, PBEsol and "
-                "unrecorded sets",
+        "unrecorded sets",
     }
     results["packages"] = package_versions()
     results["hardware"] = hardware_info("cpu")
     results["date"] = time.strftime("%Y-%m-%d")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    parity(results, out.with_name(out.stem + "_parity.png"))
-    for k, v in results["models"].items():
-        print(f"{k}: MAE {v['mae_thz']:.3f} THz over {v['n_materials']} materials, "
-              f"{v['seconds_per_material']:.2f} s/material")
-    return 0
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out)
+    if plot:
+        parity(results, out.with_name(out.stem + "_parity.png"))
 
 
 def parity(results: dict, path: Path) -> None:

@@ -1,4 +1,9 @@
-"""Command-line interface: ``tdphonon harmonic``, ``tdphonon run``, ``tdphonon model``."""
+"""Command-line interface.
+
+Single material: ``tdphonon harmonic``, ``tdphonon run``, ``tdphonon model``.
+Campaigns: ``tdphonon submit``, ``status``, ``query``, ``rerun``, ``export`` (FireWorks + MongoDB) and
+``tdphonon campaign --local`` (in-process, file-backed store, no server).
+"""
 
 from __future__ import annotations
 
@@ -134,24 +139,39 @@ def harmonic(
         console.print(f"  {k}: {v}")
 
 
+TemperatureOpt = Annotated[list[float], typer.Option("--temperature", "-T", help="K (repeat for several)")]
+EstimatorOpt = Annotated[str, typer.Option(help="hessian | force_fit")]
+SelfConsistentOpt = Annotated[bool, typer.Option("--self-consistent/--one-shot",
+                                                 help="SCHA iteration with mixing (default: one-shot)")]
+NConfOpt = Annotated[int, typer.Option(help="configurations per estimate (even)")]
+PolicyOpt = Annotated[str, typer.Option(help="imaginary/near-zero modes: abs | floor | fixed_amplitude | exclude")]
+SeedOpt = Annotated[int, typer.Option(help="base random seed")]
+
+
+def _tdph_settings(**kw):
+    from tdphonon.renormalize import TDPHSettings
+    from tdphonon.sampling import ModeAmplitudePolicy
+
+    policy = kw.pop("policy", "abs")
+    return TDPHSettings(policy=ModeAmplitudePolicy(kind=policy), **kw)
+
+
 @app.command()
 def run(
     structure: StructureArg,
-    temperature: Annotated[list[float], typer.Option("--temperature", "-T", help="K (repeat for several)")] = [300.0],  # noqa: B006
+    temperature: TemperatureOpt = [300.0],  # noqa: B006
     model: ModelOpt = DEFAULT_MODEL,
     out: OutOpt = Path("out"),
-    estimator: Annotated[str, typer.Option(help="hessian | force_fit")] = "force_fit",
-    self_consistent: Annotated[bool, typer.Option("--self-consistent/--one-shot",
-                                                  help="SCHA iteration with mixing (default: one-shot)")] = False,
-    n_configurations: Annotated[int, typer.Option(help="configurations per estimate (even)")] = 32,
+    estimator: EstimatorOpt = "force_fit",
+    self_consistent: SelfConsistentOpt = False,
+    n_configurations: NConfOpt = 32,
     sampling: Annotated[str, typer.Option(help="gaussian | fixed_amplitude")] = "gaussian",
     classical: Annotated[bool, typer.Option(help="classical instead of quantum statistics")] = False,
-    policy: Annotated[str, typer.Option(help="imaginary/near-zero modes: abs | floor | fixed_amplitude | exclude")]
-    = "abs",
+    policy: PolicyOpt = "abs",
     mixing: Annotated[float, typer.Option(help="self-consistent mixing α")] = 0.5,
     max_iterations: Annotated[int, typer.Option(help="self-consistent iterations at most")] = 20,
     tol: Annotated[float, typer.Option(help="self-consistency tolerance on frequencies (THz)")] = 0.05,
-    seed: Annotated[int, typer.Option(help="base random seed")] = 0,
+    seed: SeedOpt = 0,
     n_seeds: Annotated[int, typer.Option(help="independent seeds for the error bar (1: block means)")] = 1,
     relax: RelaxOpt = True,
     supercell: SupercellOpt = None,
@@ -166,16 +186,13 @@ def run(
     from tdphonon.harmonic import HarmonicSettings
     from tdphonon.pipeline import run_tdph
     from tdphonon.potentials import load_potential
-    from tdphonon.renormalize import TDPHSettings
-    from tdphonon.sampling import ModeAmplitudePolicy
 
     try:
         hs = HarmonicSettings(relax=relax, supercell_matrix=_parse_supercell(supercell), min_length=min_length,
                               max_atoms=max_atoms, displacement=displacement)
-        ts = TDPHSettings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
-                          sampling=sampling, quantum=not classical, policy=ModeAmplitudePolicy(kind=policy),
-                          mixing=mixing, max_iterations=max_iterations, tol_thz=tol, seed=seed,
-                          n_seeds_for_error=n_seeds)
+        ts = _tdph_settings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
+                            sampling=sampling, quantum=not classical, policy=policy, mixing=mixing,
+                            max_iterations=max_iterations, tol_thz=tol, seed=seed, n_seeds_for_error=n_seeds)
         spec = resolve_default_model(model)
         console.print(f"loading model [bold]{spec}[/]")
         pot = load_potential(spec, device=device)
@@ -214,6 +231,238 @@ def model_info(
     except TDPhononError as exc:
         _fail(exc)
     print(json.dumps({**pot.identity.to_dict(), "device": pot.device}, indent=2))
+
+
+# --------------------------------------------------------------------------------------------
+# campaigns
+# --------------------------------------------------------------------------------------------
+InputArg = Annotated[Path, typer.Argument(help="folder of CIF/POSCAR/phonopy entries, a CSV/JSON list, or one file")]
+CampaignOpt = Annotated[str | None, typer.Option("--campaign", "-c", help="campaign name (tag)")]
+LaunchpadOpt = Annotated[Path | None, typer.Option("--launchpad", "-l",
+                                                   help="my_launchpad.yaml (default: FireWorks' search)")]
+StoreOpt = Annotated[Path | None, typer.Option("--store", "-s",
+                                               help="jobflow.yaml with JOB_STORE (default: jobflow's config)")]
+LocalOpt = Annotated[Path | None, typer.Option("--local", help="folder of a local (file-backed) campaign store")]
+FormatOpt = Annotated[str, typer.Option("--format", "-f", help="table | csv | json")]
+
+
+def _maker(model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax, supercell,
+           campaign, device=None):
+    from tdphonon.flows import TDPhononMaker
+
+    ts = _tdph_settings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
+                        policy=policy, seed=seed)
+    hs = {"relax": relax}
+    if supercell:
+        hs["supercell_matrix"] = _parse_supercell(supercell)
+    return TDPhononMaker(model=resolve_default_model(model), temperatures=tuple(temperature),
+                         harmonic_settings=hs, tdph_settings=ts.to_dict(), campaign=campaign, device=device)
+
+
+def _report_inputs(skipped: list[dict]) -> None:
+    for s in skipped:
+        console.print(f"[yellow]skipped[/] {s['label']} ({s['source']}): {s['reason']}")
+
+
+def _print_submit(rep) -> None:
+    for d in rep.duplicates:
+        console.print(f"[yellow]duplicate[/] {d['label']}: {d['reason']}")
+    for d in rep.failed:
+        console.print(f"[red]failed[/] {d['label']}: {d['reason']}")
+    console.print(f"{len(rep.submitted)} done/submitted, {len(rep.duplicates)} duplicates, "
+                  f"{len(rep.failed)} failed, {len(rep.skipped)} unreadable inputs")
+
+
+@app.command()
+def submit(
+    inputs: InputArg,
+    campaign: CampaignOpt = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    temperature: TemperatureOpt = [300.0],  # noqa: B006
+    estimator: EstimatorOpt = "force_fit",
+    self_consistent: SelfConsistentOpt = False,
+    n_configurations: NConfOpt = 32,
+    policy: PolicyOpt = "abs",
+    seed: SeedOpt = 0,
+    relax: RelaxOpt = True,
+    supercell: SupercellOpt = None,
+    launchpad: LaunchpadOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Add one workflow per material to the launchpad (duplicates are skipped); run with rlaunch."""
+    _quiet()
+    from tdphonon import campaign as cmp
+
+    try:
+        mats, skipped = cmp.read_inputs(inputs)
+        _report_inputs(skipped)
+        maker = _maker(model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax,
+                       supercell, campaign)
+        rep = cmp.submit(mats, maker, cmp.load_launchpad(launchpad), cmp.load_store(store))
+        rep.skipped = skipped
+    except (TDPhononError, ValueError) as exc:
+        _fail(exc)
+    for d in rep.submitted:
+        console.print(f"submitted {d['label']}: fw_ids {d['fw_ids']}")
+    _print_submit(rep)
+
+
+@app.command()
+def campaign(
+    inputs: InputArg,
+    local: Annotated[Path, typer.Option("--local", help="output folder holding the file-backed store")] = Path(
+        "campaign"),
+    campaign: CampaignOpt = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    temperature: TemperatureOpt = [300.0],  # noqa: B006
+    estimator: EstimatorOpt = "force_fit",
+    self_consistent: SelfConsistentOpt = False,
+    n_configurations: NConfOpt = 32,
+    policy: PolicyOpt = "abs",
+    seed: SeedOpt = 0,
+    relax: RelaxOpt = True,
+    supercell: SupercellOpt = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Run a campaign in this process (jobflow run_locally) into a file store in --local; no server."""
+    _quiet()
+    from tdphonon import campaign as cmp
+
+    try:
+        mats, skipped = cmp.read_inputs(inputs)
+        _report_inputs(skipped)
+        maker = _maker(model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax,
+                       supercell, campaign, device)
+        with _Progress() as prog:
+            rep = cmp.run_local(mats, maker, cmp.local_store(local),
+                                progress=lambda lab, k, n: prog("materials", k, n))
+        rep.skipped = skipped
+    except (TDPhononError, ValueError) as exc:
+        _fail(exc)
+    _print_submit(rep)
+    console.print(f"results: tdphonon query --local {local}")
+
+
+@app.command()
+def status(
+    campaign: CampaignOpt = None,
+    launchpad: LaunchpadOpt = None,
+    watch: Annotated[float, typer.Option(help="refresh every N seconds with a progress bar (0: once)")] = 0.0,
+    failed: Annotated[bool, typer.Option(help="list FIZZLED fireworks with their reasons")] = False,
+) -> None:
+    """Materials and fireworks by state, per campaign."""
+    _quiet()
+    import time
+
+    from tdphonon import campaign as cmp
+
+    lp = cmp.load_launchpad(launchpad)
+
+    def _show():
+        st = cmp.status(lp, campaign)
+        for name, c in st.items():
+            console.print(f"[bold]{name}[/]: {c['n_materials']} materials {c['materials']}; fireworks {c['fireworks']}")
+        return st
+
+    st = _show()
+    if watch > 0:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console) as bar:
+            tasks = {n: bar.add_task(n, total=c["n_materials"]) for n, c in st.items()}
+            while True:
+                st = cmp.status(lp, campaign)
+                busy = False
+                for n, c in st.items():
+                    done = c["materials"].get("COMPLETED", 0)
+                    bar.update(tasks.setdefault(n, bar.add_task(n)), completed=done, total=c["n_materials"])
+                    busy |= any(k in c["materials"] for k in ("READY", "RESERVED", "RUNNING", "WAITING"))
+                if not busy:
+                    break
+                time.sleep(watch)
+        _show()
+    if failed:
+        for f in cmp.failures(lp, campaign):
+            console.print(f"  fw {f['fw_id']} {f['name']}: {f['reason']}")
+
+
+@app.command()
+def query(
+    campaign: CampaignOpt = None,
+    r_onsite_min: Annotated[float | None, typer.Option(help="max R_onsite at least (screening: 0.15)")] = None,
+    r_full_min: Annotated[float | None, typer.Option(help="R_full at least")] = None,
+    elements: Annotated[list[str] | None, typer.Option("--elements", "-e", help="contains element (repeat)")] = None,
+    spacegroup: Annotated[str | None, typer.Option(help="space-group number or symbol")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", "-T", help="only this T (K)")] = None,
+    model: Annotated[str | None, typer.Option(help="model name or sha256")] = None,
+    fmt: FormatOpt = "table",
+    store: StoreOpt = None,
+    local: LocalOpt = None,
+    failed: Annotated[bool, typer.Option(help="list failed materials of a --local campaign")] = False,
+) -> None:
+    """Query stored results (MongoDB job store or a --local campaign folder)."""
+    _quiet()
+    import csv
+
+    from tdphonon import campaign as cmp
+
+    st = cmp.local_store(local) if local else cmp.load_store(store)
+    if failed:
+        print(json.dumps(cmp.local_failures(st, campaign), indent=1))
+        return
+    docs = cmp.query(st, campaign=campaign, r_onsite_min=r_onsite_min, r_full_min=r_full_min, elements=elements,
+                     spacegroup=spacegroup, temperature=temperature, model=model)
+    table = cmp.rows(docs, temperature)
+    if fmt == "json":
+        print(json.dumps(docs, indent=1, default=str))
+    elif fmt == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=list(table[0]) if table else ["label"])
+        w.writeheader()
+        w.writerows(table)
+    else:
+        from rich.table import Table
+
+        t = Table(title=f"{len(docs)} materials")
+        cols = ["label", "formula", "spacegroup", "temperature", "r_full", "r_onsite_max", "frequency_shift", "model"]
+        for c in cols:
+            t.add_column(c)
+        for r in table:
+            t.add_row(*[_num(r[c]) if isinstance(r[c], float) else str(r[c]) for c in cols])
+        Console().print(t)
+
+
+@app.command()
+def rerun(
+    campaign: CampaignOpt = None,
+    fw_id: Annotated[list[int] | None, typer.Option("--fw-id", "-i", help="only these fireworks")] = None,
+    lost_after: Annotated[float, typer.Option(help="a RUNNING firework without ping for this long is lost (s)")]
+    = 4 * 3600.0,
+    dry_run: Annotated[bool, typer.Option(help="only report")] = False,
+    launchpad: LaunchpadOpt = None,
+) -> None:
+    """Rerun FIZZLED fireworks and lost runs (lpad detect_lostruns + rerun_fws), saying why each failed."""
+    _quiet()
+    from tdphonon import campaign as cmp
+
+    rep = cmp.rerun(cmp.load_launchpad(launchpad), campaign, fw_id, lost_after, dry_run)
+    for f in rep["lost"] + rep["fizzled"]:
+        console.print(f"{'would rerun' if dry_run else 'rerun'} fw {f['fw_id']} {f['name']}: {f['reason']}")
+    console.print(f"{len(rep['lost'])} lost, {len(rep['fizzled'])} fizzled")
+
+
+@app.command()
+def export(
+    out: OutOpt = Path("export"),
+    campaign: CampaignOpt = None,
+    store: StoreOpt = None,
+    local: LocalOpt = None,
+) -> None:
+    """Write phonopy yaml (0 K and each T) and the JSON document of every stored material."""
+    _quiet()
+    from tdphonon import campaign as cmp
+
+    st = cmp.local_store(local) if local else cmp.load_store(store)
+    for d in cmp.export(st, out, campaign=campaign):
+        console.print(str(d))
 
 
 def main() -> None:  # pragma: no cover - entry point

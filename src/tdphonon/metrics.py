@@ -28,6 +28,7 @@ __all__ = [
     "OnsiteReport",
     "ThermalProperties",
     "anharmonicity_score",
+    "drop_gamma_acoustic",
     "equivalent_atoms",
     "frequency_shift",
     "harmonic_thermal_properties",
@@ -174,7 +175,7 @@ def _is_gamma(q: np.ndarray, tol: float = 1e-8) -> bool:
     return bool(np.all(np.abs(q - np.rint(q)) < tol))
 
 
-def _drop_gamma_acoustic(freqs: np.ndarray, qpoints: np.ndarray | None) -> np.ndarray:
+def drop_gamma_acoustic(freqs: np.ndarray, qpoints: np.ndarray | None) -> np.ndarray:
     f = np.asarray(freqs, dtype=float)
     if f.ndim == 1:
         f = f[None]
@@ -204,8 +205,8 @@ def frequency_shift(freqs_t: np.ndarray, freqs_0: np.ndarray, qpoints: np.ndarra
     if a.shape != b.shape:
         raise ValueError(f"frequency arrays differ in shape: {a.shape} vs {b.shape}")
     if exclude_gamma_acoustic and qpoints is not None:
-        a = _drop_gamma_acoustic(a, qpoints)
-        b = _drop_gamma_acoustic(b, qpoints)
+        a = drop_gamma_acoustic(a, qpoints)
+        b = drop_gamma_acoustic(b, qpoints)
     den = np.linalg.norm(b)
     if den == 0:
         raise ValueError("reference frequencies are all zero")

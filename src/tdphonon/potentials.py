@@ -704,6 +704,13 @@ def load_potential(spec: str | ModelSpec | os.PathLike, device: str | None = Non
     """
     ms = ModelSpec.coerce(spec, device)
     dev = ms.device or default_device()
+    if dev.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ModelLoadError(None, f"device '{dev}' requested (argument or TDPHONON_DEVICE) but torch "
+                                 f"{torch.__version__} sees no CUDA GPU on {socket.gethostname()}: install the "
+                                 "CUDA build of torch on GPU nodes, or use --device cpu")
     key = (ms.spec, dev)
     if cache:
         with _CACHE_LOCK:

@@ -76,6 +76,7 @@ from tdphonon.sampling import (
     ModeAmplitudePolicy,
     ModeMethod,
     SamplingKind,
+    SamplingResult,
     ThermalCovariance,
     commensurate_frequencies,
     derive_seed,
@@ -91,6 +92,7 @@ __all__ = [
     "FCProjector",
     "RenormalizationResult",
     "TDPHSettings",
+    "initial_samples",
     "phonopy_with_force_constants",
     "renormalize",
     "renormalize_temperature",
@@ -446,14 +448,26 @@ def _units(n: int, antithetic: bool) -> list[list[int]]:
     return [[k, k + 1] for k in range(0, n, 2)] if antithetic else [[k] for k in range(n)]
 
 
-def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_blocks: int) -> _Estimate:
+def _draw(ctx: _Context, cov: ThermalCovariance, seed: int) -> SamplingResult:
     s = ctx.settings
-    t0 = time.perf_counter()
-    samp = sample_displacements(
+    return sample_displacements(
         cov, ctx.reference, s.n_configurations, kind=s.sampling, antithetic=s.antithetic, seed=seed,
         max_displacement=s.max_displacement, max_displacement_ratio=s.max_displacement_ratio,
         cap_mode=s.cap_mode, min_distance=s.min_distance,
         min_distance_ratio=s.min_distance_ratio, label=ctx.label)
+
+
+def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_blocks: int,
+              expected: np.ndarray | None = None) -> _Estimate:
+    s = ctx.settings
+    t0 = time.perf_counter()
+    samp = _draw(ctx, cov, seed)
+    if expected is not None:
+        exp = np.asarray(expected, dtype=float)
+        if exp.shape != samp.displacements.shape or not np.allclose(exp, samp.displacements, rtol=0, atol=1e-9):
+            raise SamplingError(ctx.label, f"the displacements given for T={cov.temperature:g} K (e.g. stored by a "
+                                "sampling step) differ from those drawn from these settings and force "
+                                "constants (seed, Φ⁰ or settings mismatch)")
     t1 = time.perf_counter()
     labels = [f"{ctx.label} T={cov.temperature:g}K {tag} #{k}" for k in range(s.n_configurations)]
     energies, forces, bad = _evaluate_forces(ctx, samp.supercells, labels)
@@ -556,6 +570,21 @@ def _context(phonon, potential, settings: TDPHSettings, label: str,
                     len(phonon.supercell), equivalent)
 
 
+def initial_samples(phonon, temperature: float, settings: TDPHSettings, label: str, *,
+                    projector: FCProjector | None = None, _ctx: _Context | None = None) -> SamplingResult:
+    """The configurations of the first estimate at ``temperature``: drawn from Σ(T; Φ⁰).
+
+    Exactly those :func:`renormalize` draws first (same symmetrised Φ⁰, same derived seed), so a
+    workflow can sample in one step (failing early on unphysical displacements) and evaluate the
+    model in the next, passing them back through ``initial_displacements``. They are all the
+    configurations of a one-shot run without extra error seeds.
+    """
+    ctx = _ctx or _context(phonon, None, settings, label, projector)
+    modes0 = normal_modes(phonon.supercell, ctx.fc0, phonon.primitive, method=settings.mode_method)
+    cov = thermal_covariance(modes0, temperature, settings.quantum, settings.policy)
+    return _draw(ctx, cov, derive_seed(settings.seed, _temperature_key(temperature), 0, 0))
+
+
 def renormalize_temperature(
     phonon,
     potential,
@@ -566,6 +595,7 @@ def renormalize_temperature(
     start_force_constants: np.ndarray | None = None,
     qpoints: Mapping[str, Sequence[float]] | None = None,
     projector: FCProjector | None = None,
+    initial_displacements: np.ndarray | None = None,
     _ctx: _Context | None = None,
     _symmetry: dict | None = None,
 ) -> RenormalizationResult:
@@ -573,6 +603,8 @@ def renormalize_temperature(
 
     ``start_force_constants`` is the initial Φ of a self-consistent run (warm start); Σ of a
     one-shot run is always built from the symmetrised harmonic Φ⁰ (``phonon.force_constants``).
+    ``initial_displacements`` (from :func:`initial_samples`) are checked against the first draw
+    from Σ(Φ⁰); a mismatch raises :class:`SamplingError`.
     """
     s = settings
     t_start = time.perf_counter()
@@ -602,7 +634,8 @@ def renormalize_temperature(
         cov = thermal_covariance(modes, temperature, s.quantum, s.policy)
         seed = derive_seed(s.seed, tkey, it, 0)
         seeds.append(seed)
-        est = _estimate(ctx, cov, seed, f"it{it}", n_blocks)
+        expected = initial_displacements if (it == 0 and fc_in is ctx.fc0) else None
+        est = _estimate(ctx, cov, seed, f"it{it}", n_blocks, expected)
         n_hess += est.n_hessians
         dropped_all += [dict(d, iteration=it) for d in est.dropped]
         for k in tim:
@@ -738,6 +771,7 @@ def renormalize(
     *,
     qpoints: Mapping[str, Sequence[float]] | None = None,
     projector: FCProjector | None = None,
+    initial_displacements: Mapping[float, np.ndarray] | None = None,
 ) -> list[RenormalizationResult]:
     """Temperature-renormalised force constants Φ(T) of one material.
 
@@ -760,6 +794,9 @@ def renormalize(
         frequencies of Φ(T) and Φ⁰ are reported.
     projector
         Reuse a :class:`~tdphonon.sampling.FCProjector` of ``phonon`` (built if not given).
+    initial_displacements
+        Optional ``{temperature: (n, N, 3) displacements}`` from :func:`initial_samples` (e.g. a
+        stored sampling step); each is verified against the first draw at that temperature.
 
     Returns
     -------
@@ -794,8 +831,13 @@ def renormalize(
     results: dict[int, RenormalizationResult] = {}
     start = None
     for i in order:
+        given = None
+        if initial_displacements is not None:
+            given = next((v for t, v in initial_displacements.items()
+                          if _temperature_key(float(t)) == _temperature_key(temps[i])), None)
         res = renormalize_temperature(phonon, potential, temps[i], settings, label,
-                                      start_force_constants=start, qpoints=qpoints, _ctx=ctx, _symmetry=sym)
+                                      start_force_constants=start, qpoints=qpoints, initial_displacements=given,
+                                      _ctx=ctx, _symmetry=sym)
         results[i] = res
         if settings.self_consistent and settings.warm_start:
             start = res.force_constants

@@ -1,0 +1,334 @@
+"""The campaign against a real MongoDB-protocol server: FireWorks launchpad + jobflow stores.
+
+The module starts ``secantusd-py`` (SecantusDB: MongoDB wire protocol on WiredTiger) itself on a
+free port and stops it by pid. Set ``TDPHONON_TEST_MONGODB=host:port`` to run the same tests against
+a real MongoDB instead (the server-restart test is then skipped).
+
+One campaign is driven through its life in order (the tests share state and must run in file
+order): submit 3 materials → a misconfigured worker fizzles one firework → a worker is SIGKILLed
+mid-job → two workers run concurrently → ``rerun`` recovers the fizzled and the lost run → all
+complete, with no duplicate documents → resubmission is a no-op → the data survive a server
+restart → the CLI sees the same results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.campaign]
+
+BIN = Path(sys.executable).parent
+DB = "tdphonon_test"
+CAMPAIGN = "ci"
+EXTERNAL = os.environ.get("TDPHONON_TEST_MONGODB")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A secantusd-py process on a fixed port and storage path (restartable)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.root / "server.log", "a")
+        self.proc = subprocess.Popen(
+            [str(BIN / "secantusd-py"), "--host", "127.0.0.1", "--port", str(self.port), "--storage-path",
+             str(self.root / "data"), "--log-level", "WARNING"], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError as exc:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"secantusd-py exited: {(self.root / 'server.log').read_text()[-2000:]}") \
+                        from exc
+                time.sleep(0.2)
+        raise RuntimeError("secantusd-py did not start in 60 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("campaign")
+    server = None
+    if EXTERNAL:
+        host, port = EXTERNAL.rsplit(":", 1)
+        port = int(port)
+    else:
+        server = Server(root)
+        server.start()
+        host, port = "127.0.0.1", server.port
+    lp_file = root / "my_launchpad.yaml"
+    lp_file.write_text(f"host: {host}\nport: {port}\nname: {DB}_fw\n")
+    jf_file = root / "jobflow.yaml"
+    jf_file.write_text(
+        "JOB_STORE:\n"
+        f"  docs_store: {{type: MongoStore, database: {DB}, host: {host}, port: {port}, collection_name: outputs}}\n"
+        "  additional_stores:\n"
+        f"    data: {{type: GridFSStore, database: {DB}, host: {host}, port: {port}, "
+        "collection_name: outputs_blobs}\n")
+    from tdphonon.campaign import load_launchpad
+
+    lp = load_launchpad(lp_file)
+    lp.reset("", require_password=False)
+    yield {"root": root, "server": server, "lp_file": lp_file, "jf_file": jf_file}
+    if server:
+        server.stop()
+
+
+def _worker_env(**extra) -> dict:
+    e = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TDPHONON_DEVICE="cpu", PYTHONWARNINGS="ignore")
+    e.update(extra)
+    return e
+
+
+def _rlaunch(env, mode: str = "rapidfire", wait: bool = True, name: str = "w", **extra):
+    d = env["root"] / "launches" / f"{name}-{time.time_ns()}"
+    d.mkdir(parents=True)
+    cmd = [str(BIN / "rlaunch"), "-l", str(env["lp_file"]), "-w", str(Path(__file__).parents[1] / "my_fworker.yaml"),
+           mode]
+    if mode == "rapidfire":  # one pass: stop when nothing is READY (instead of waiting for WAITING ones)
+        cmd += ["--max_loops", "1", "--sleep", "1"]
+    e = _worker_env(JOBFLOW_CONFIG_FILE=str(env["jf_file"]), **extra)
+    log = open(d / "rlaunch.log", "w")
+    proc = subprocess.Popen(cmd, cwd=d, env=e, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    if wait:
+        proc.wait(900)
+        log.close()
+        assert proc.returncode == 0, (d / "rlaunch.log").read_text()[-3000:]
+    return proc, d
+
+
+def _materials():
+    from pymatgen.core import Lattice, Structure
+
+    from tdphonon.campaign import MaterialInput
+    from tdphonon.structures import load_structure
+
+    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.45), ["Si"], [[0, 0, 0]])
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.65), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    sto = load_structure(Path(__file__).parents[1] / "examples" / "SrTiO3.cif")
+    return [MaterialInput("Si", si.get_primitive_structure(), "test"),
+            MaterialInput("NaCl", nacl.get_primitive_structure(), "test"),
+            MaterialInput("SrTiO3", sto, "test")]
+
+
+def _maker():
+    from tdphonon.flows import TDPhononMaker
+
+    return TDPhononMaker(model="chgnet", temperatures=(300.0,), campaign=CAMPAIGN,
+                         harmonic_settings={"relax": True, "fmax": 0.02, "standardize": False,
+                                            "supercell_matrix": [2, 2, 2], "mesh": [8, 8, 8], "band_npoints": 11},
+                         tdph_settings={"n_configurations": 4, "estimator": "force_fit", "cap_mode": "clip"})
+
+
+def _lp(env):
+    from tdphonon.campaign import load_launchpad
+
+    return load_launchpad(env["lp_file"])
+
+
+def _store(env):
+    from tdphonon.campaign import load_store
+
+    s = load_store(env["jf_file"])
+    s.connect()
+    return s
+
+
+def _states(lp) -> dict[int, str]:
+    return {d["fw_id"]: d["state"] for d in lp.fireworks.find({}, {"fw_id": 1, "state": 1})}
+
+
+def test_submit_three_materials(env):
+    from tdphonon.campaign import status, submit
+
+    rep = submit(_materials(), _maker(), _lp(env), _store(env))
+    assert [d["label"] for d in rep.submitted] == ["Si", "NaCl", "SrTiO3"]
+    assert not rep.duplicates
+    assert all(len(d["fw_ids"]) == 4 for d in rep.submitted)
+    st = status(_lp(env), CAMPAIGN)[CAMPAIGN]
+    assert st["n_materials"] == 3 and st["fireworks"] == {"READY": 3, "WAITING": 9}
+    # GPU jobs and light jobs carry their categories
+    cats = sorted(d["spec"]["_category"] for d in _lp(env).fireworks.find({}, {"spec._category": 1}))
+    assert cats == ["tdphonon-cpu"] * 6 + ["tdphonon-gpu"] * 6
+
+
+def test_misconfigured_worker_fizzles_one_material(env):
+    from tdphonon.campaign import failures
+
+    # a worker that asks for a GPU it does not have: its one rocket fizzles, with the reason stored
+    _rlaunch(env, "singleshot", name="badgpu", TDPHONON_DEVICE="cuda")
+    fails = failures(_lp(env), CAMPAIGN)
+    assert len(fails) == 1
+    assert "CUDA" in fails[0]["reason"] and fails[0]["label"] in {"Si", "NaCl", "SrTiO3"}
+    assert fails[0]["name"].endswith("harmonic phonons")
+    env["fizzled"] = fails[0]
+
+
+def test_killed_worker_leaves_a_running_firework(env):
+    lp = _lp(env)
+    proc, _ = _rlaunch(env, "singleshot", wait=False, name="killed")
+    deadline = time.time() + 300
+    running = []
+    while time.time() < deadline and not running:
+        running = [i for i, s in _states(lp).items() if s == "RUNNING"]
+        time.sleep(0.1)
+    assert running, "the worker never started a firework"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.5)
+    assert _states(lp)[running[0]] == "RUNNING"  # nobody knows yet: lost-run detection must find it
+    env["lost"] = running[0]
+
+
+def test_two_concurrent_workers_complete_the_rest(env):
+    procs = [_rlaunch(env, "rapidfire", wait=False, name=f"conc{k}")[0] for k in range(2)]
+    for p in procs:
+        assert p.wait(900) == 0
+    lp = _lp(env)
+    states = _states(lp)
+    assert states[env["fizzled"]["fw_id"]] == "FIZZLED"
+    assert states[env["lost"]] == "RUNNING"
+    # the material that neither failure touched is complete
+    from tdphonon.campaign import status
+
+    st = status(lp, CAMPAIGN)[CAMPAIGN]
+    assert st["materials"].get("COMPLETED") == 1
+    # no firework was run by both workers: one launch per completed firework
+    for fw in lp.fireworks.find({"state": "COMPLETED"}, {"fw_id": 1, "launches": 1}):
+        assert len(fw["launches"]) == 1, fw
+
+
+def test_rerun_recovers_fizzled_and_lost(env):
+    from tdphonon.campaign import rerun
+
+    lp = _lp(env)
+    dry = rerun(lp, CAMPAIGN, lost_after=1.0, dry_run=True)
+    assert [f["fw_id"] for f in dry["lost"]] == [env["lost"]]
+    assert [f["fw_id"] for f in dry["fizzled"]] == [env["fizzled"]["fw_id"]]
+    assert "CUDA" in dry["fizzled"][0]["reason"] and "lost run" in dry["lost"][0]["reason"]
+    assert _states(lp)[env["lost"]] == "RUNNING"  # dry run changed nothing
+    rep = rerun(lp, CAMPAIGN, lost_after=1.0)
+    assert rep["rerun"]
+    states = _states(lp)
+    assert states[env["lost"]] == "READY" and states[env["fizzled"]["fw_id"]] == "READY"
+    _rlaunch(env, "rapidfire", name="final")
+    assert set(_states(lp).values()) == {"COMPLETED"}
+
+
+def test_results_queryable_without_duplicates(env):
+    from tdphonon.campaign import query
+
+    store = _store(env)
+    docs = query(store, campaign=CAMPAIGN)
+    assert sorted(d["label"] for d in docs) == ["NaCl", "Si", "SrTiO3"]
+    # one stored output per job: 4 jobs x 3 materials, reruns overwrote (same uuid and index)
+    outputs = list(store.docs_store.query({}, properties=["uuid", "index"]))
+    assert len(outputs) == 12
+    assert len({(o["uuid"], o["index"]) for o in outputs}) == 12
+    for d in docs:
+        assert d["model"]["name"] == "CHGNet-0.3.0" and len(d["model_sha256"]) == 64
+        assert d["provenance"]["packages"]["phonopy"] and d["dedup_key"]
+        t = d["temperatures"][0]
+        assert np.isfinite(t["r_full"]) and t["r_onsite_max"] > 0 and t["force_calls"] >= 4
+        # the big arrays are not in the document: GridFS references
+        assert d["force_constants"]["store"] == "data" and "blob_uuid" in d["force_constants"]
+        assert len(json.dumps(d, default=str)) < 200_000
+    # filters: elements, space group, screening threshold
+    assert [d["label"] for d in query(store, elements=["Na"])] == ["NaCl"]
+    assert sorted(d["label"] for d in query(store, spacegroup=221)) == ["SrTiO3"]
+    assert {d["label"] for d in query(store, spacegroup="Fd-3m")} == {"Si"}
+    big = min(d["r_onsite_max"] for d in docs)
+    assert len(query(store, r_onsite_min=big)) == 3
+    assert len(query(store, r_onsite_min=1e9)) == 0
+    # arrays come back from GridFS and reproduce the phonopy object
+    from tdphonon.jobs import phonopy_from_output
+
+    full = query(store, load_arrays=True, label="SrTiO3")[0]
+    fcs = full["force_constants"]
+    fc_t = np.asarray(fcs["renormalized"][0])
+    assert fc_t.shape == (5, 40, 3, 3)
+    ph = phonopy_from_output({**full, "force_constants": fc_t})
+    assert abs(ph.force_constants.sum(axis=1)).max() < 1e-8  # acoustic sum rule
+
+
+def test_resubmission_is_a_noop(env):
+    from tdphonon.campaign import submit
+
+    lp = _lp(env)
+    n_wf = lp.workflows.count_documents({})
+    rep = submit(_materials(), _maker(), lp, _store(env))
+    assert not rep.submitted and len(rep.duplicates) == 3
+    assert lp.workflows.count_documents({}) == n_wf
+    # a finished result found only in the store (e.g. another launchpad) also counts
+    lp2_name = f"{DB}_fw_other"
+    from fireworks import LaunchPad
+
+    lp2 = LaunchPad(host=lp.host, port=lp.port, name=lp2_name)
+    lp2.reset("", require_password=False)
+    rep2 = submit(_materials(), _maker(), lp2, _store(env))
+    assert not rep2.submitted and all("store" in d["reason"] for d in rep2.duplicates)
+    lp2.connection.drop_database(lp2_name)
+
+
+def test_data_survive_server_restart(env):
+    if env["server"] is None:
+        pytest.skip("external MongoDB: not restarted by the tests")
+    from tdphonon.campaign import query
+
+    env["server"].stop()
+    env["server"].start()
+    docs = query(_store(env), campaign=CAMPAIGN, load_arrays=True)
+    assert len(docs) == 3 and all(len(d["force_constants"]["renormalized"]) == 1 for d in docs)
+    assert set(_states(_lp(env)).values()) == {"COMPLETED"}
+
+
+def test_cli_status_query_export(env, tmp_path):
+    from typer.testing import CliRunner
+
+    from tdphonon.cli import app
+
+    r = CliRunner()
+    res = r.invoke(app, ["status", "-l", str(env["lp_file"]), "-c", CAMPAIGN])
+    assert res.exit_code == 0, res.output
+    assert "3 materials" in res.output and "COMPLETED" in res.output
+    res = r.invoke(app, ["query", "-s", str(env["jf_file"]), "-c", CAMPAIGN, "--format", "json",
+                         "--elements", "Sr", "--spacegroup", "221"])
+    assert res.exit_code == 0, res.output
+    docs = json.loads(res.stdout)
+    assert [d["label"] for d in docs] == ["SrTiO3"]
+    res = r.invoke(app, ["export", "-s", str(env["jf_file"]), "-c", CAMPAIGN, "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    import phonopy
+
+    ph = phonopy.load(tmp_path / CAMPAIGN / "SrTiO3" / "phonopy_300K.yaml", log_level=0)
+    assert ph.force_constants is not None and len(ph.supercell) == 40
+    assert json.loads((tmp_path / CAMPAIGN / "Si" / "doc.json").read_text())["label"] == "Si"
