@@ -653,6 +653,8 @@ def _resolve(spec: str, device: str) -> Potential:
         return ForceConstantPotential.from_phonopy_file(s.split(":", 1)[1])
     if low in {"tdphonon-m3gnet", "default"} and _is_matgl_dir(SHIPPED_MODEL_DIR):
         return _load_matgl_dir(SHIPPED_MODEL_DIR, device)
+    if low == "default":  # no shipped model in this installation: SevenNet-0 (weights in its wheel)
+        return _load_sevennet("7net-0", device)
     path = Path(os.path.expanduser(s))
     if _is_matgl_dir(path):
         return _load_matgl_dir(path, device)
