@@ -1,8 +1,9 @@
 """The campaign against a real MongoDB-protocol server: FireWorks launchpad + jobflow stores.
 
 The module starts ``secantusd-py`` (SecantusDB: MongoDB wire protocol on WiredTiger) itself on a
-free port and stops it by pid. Set ``TDPHONON_TEST_MONGODB=host:port`` to run the same tests against
-a real MongoDB instead (the server-restart test is then skipped).
+free port and stops it by pid. Set ``TDPHONON_TEST_MONGODB_URI=mongodb://...`` to run the same tests
+against a real MongoDB instead (the server-restart test is then skipped). Either way the launchpad
+and the stores connect through a URI (``uri_mode``, MongoURIStore, GridFSURIStore).
 
 One campaign is driven through its life in order (the tests share state and must run in file
 order): submit 3 materials → a misconfigured worker fizzles one firework → a worker is SIGKILLed
@@ -31,7 +32,7 @@ pytestmark = [pytest.mark.campaign]
 BIN = Path(sys.executable).parent
 DB = "tdphonon_test"
 CAMPAIGN = "ci"
-EXTERNAL = os.environ.get("TDPHONON_TEST_MONGODB")
+EXTERNAL = os.environ.get("TDPHONON_TEST_MONGODB_URI")
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +40,19 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("campaign")
     server = None
     if EXTERNAL:
-        host, port = EXTERNAL.rsplit(":", 1)
-        port = int(port)
+        uri = EXTERNAL
     else:
         server = Server(root)
         server.start()
-        host, port = "127.0.0.1", server.port
+        uri = f"mongodb://127.0.0.1:{server.port}"
     lp_file = root / "my_launchpad.yaml"
-    lp_file.write_text(f"host: {host}\nport: {port}\nname: {DB}_fw\n")
+    lp_file.write_text(f"host: '{uri}'\nuri_mode: true\nname: {DB}_fw\n")
     jf_file = root / "jobflow.yaml"
     jf_file.write_text(
         "JOB_STORE:\n"
-        f"  docs_store: {{type: MongoStore, database: {DB}, host: {host}, port: {port}, collection_name: outputs}}\n"
+        f"  docs_store: {{type: MongoURIStore, uri: '{uri}', database: {DB}, collection_name: outputs}}\n"
         "  additional_stores:\n"
-        f"    data: {{type: GridFSStore, database: {DB}, host: {host}, port: {port}, "
-        "collection_name: outputs_blobs}\n")
+        f"    data: {{type: GridFSURIStore, uri: '{uri}', database: {DB}, collection_name: outputs_blobs}}\n")
     from tdphonon.campaign import load_launchpad
 
     lp = load_launchpad(lp_file)
@@ -252,7 +251,7 @@ def test_resubmission_is_a_noop(env):
     lp2_name = f"{DB}_fw_other"
     from fireworks import LaunchPad
 
-    lp2 = LaunchPad(host=lp.host, port=lp.port, name=lp2_name)
+    lp2 = LaunchPad(host=lp.host, uri_mode=True, name=lp2_name)
     lp2.reset("", require_password=False)
     rep2 = submit(_materials(), _maker(), lp2, _store(env))
     assert not rep2.submitted and all("store" in d["reason"] for d in rep2.duplicates)
@@ -291,4 +290,4 @@ def test_cli_status_query_export(env, tmp_path):
 
     ph = phonopy.load(tmp_path / CAMPAIGN / "SrTiO3" / "phonopy_300K.yaml", log_level=0)
     assert ph.force_constants is not None and len(ph.supercell) == 40
-    assert json.loads((tmp_path / CAMPAIGN / "Si" / "doc.json").read_text())["label"] == "Si"
+    assert json.loads((tmp_path / CAMPAIGN / "Si" / "summary.json").read_text())["label"] == "Si"

@@ -44,6 +44,7 @@ __all__ = [
     "run_local",
     "status",
     "submit",
+    "write_outputs",
 ]
 
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".json", ".xsf", ".cssr")
@@ -473,22 +474,46 @@ def local_failures(store, campaign: str | None = None) -> list[dict]:
             for d in store.docs_store.query(crit)]
 
 
-def export(store, out_dir: str | os.PathLike, **filters) -> list[Path]:
-    """Per material: ``phonopy_0K.yaml``, ``phonopy_<T>K.yaml`` (readable by phonopy) and ``doc.json``."""
-    from tdphonon.harmonic import _json_default, save_phonopy_yaml
-    from tdphonon.jobs import phonopy_from_output
+def write_outputs(doc: dict, out_dir: str | os.PathLike, plot: bool = False) -> dict[str, Path]:
+    """Files of one material from its document *with arrays* (``query(..., load_arrays=True)``).
 
+    ``phonopy_0K.yaml`` and ``phonopy_<T>K.yaml`` (``phonopy.load`` reads them), ``summary.json``
+    (the document without arrays) and, with ``plot``, ``dispersion_dos.png`` at 0 K and each T.
+    """
+    from tdphonon.harmonic import _json_default, phonon_properties, save_phonopy_yaml
+    from tdphonon.jobs import harmonic_settings_from_dict, phonopy_from_output
+
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    doc = dict(doc)
+    fcs = doc.pop("force_constants")
+    base = {"structure": doc["structure"], "supercell_matrix": doc["supercell_matrix"],
+            "primitive_matrix": doc["primitive_matrix"]}
+    phonons = [("0 K (harmonic)", "phonopy_0K", phonopy_from_output({**base, "force_constants": fcs["harmonic"]}))]
+    for t, fc in zip(fcs["temperatures"], fcs["renormalized"], strict=True):
+        phonons.append((f"{t:g} K", f"phonopy_{t:g}K", phonopy_from_output({**base, "force_constants": fc})))
+    files = {name: save_phonopy_yaml(ph, d / f"{name}.yaml") for _, name, ph in phonons}
+    files["summary"] = d / "summary.json"
+    files["summary"].write_text(json.dumps(doc, indent=1, default=_json_default))
+    if plot:
+        from tdphonon.plotting import plot_dispersion_dos
+
+        hs = harmonic_settings_from_dict(doc.get("harmonic_settings"))
+        sets = [(lab, phonon_properties(ph, hs)) for lab, _, ph in phonons]
+        ts = doc.get("tdph_settings", {})
+        files["plot"] = plot_dispersion_dos(
+            sets, d / "dispersion_dos.png",
+            title=f"{doc['label']} — {doc['model']['name']} — {ts.get('estimator')}"
+                  f"{' self-consistent' if ts.get('self_consistent') else ' one-shot'}")
+    return files
+
+
+def export(store, out_dir: str | os.PathLike, plot: bool = False, **filters) -> list[Path]:
+    """Per material (``<out>/<campaign>/<label>/``): see :func:`write_outputs`."""
     out = Path(out_dir)
     written = []
     for doc in query(store, load_arrays=True, **filters):
         d = out / (f"{doc['campaign']}/" if doc.get("campaign") else "") / doc["label"]
-        d.mkdir(parents=True, exist_ok=True)
-        fcs = doc.pop("force_constants")
-        base = {"structure": doc["structure"], "supercell_matrix": doc["supercell_matrix"],
-                "primitive_matrix": doc["primitive_matrix"]}
-        save_phonopy_yaml(phonopy_from_output({**base, "force_constants": fcs["harmonic"]}), d / "phonopy_0K.yaml")
-        for t, fc in zip(fcs["temperatures"], fcs["renormalized"], strict=True):
-            save_phonopy_yaml(phonopy_from_output({**base, "force_constants": fc}), d / f"phonopy_{t:g}K.yaml")
-        (d / "doc.json").write_text(json.dumps(doc, indent=1, default=_json_default))
+        write_outputs(doc, d, plot)
         written.append(d)
     return written

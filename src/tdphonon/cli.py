@@ -181,11 +181,15 @@ def run(
     device: DeviceOpt = None,
 ) -> None:
     """Harmonic + temperature-dependent force constants: phonopy yaml for Φ⁰ and each Φ(T), summary.json,
-    dispersion_dos.png (0 K and each T)."""
+    dispersion_dos.png (0 K and each T).
+
+    Runs the campaign flow of one material in-process (jobflow run_locally) with a file-backed store in
+    OUT/store; a second run with the same structure, model and settings reuses the stored result."""
     _quiet()
+    from tdphonon import campaign as cmp
+    from tdphonon.flows import TDPhononMaker
     from tdphonon.harmonic import HarmonicSettings
-    from tdphonon.pipeline import run_tdph
-    from tdphonon.potentials import load_potential
+    from tdphonon.structures import load_structure
 
     try:
         hs = HarmonicSettings(relax=relax, supercell_matrix=_parse_supercell(supercell), min_length=min_length,
@@ -194,21 +198,30 @@ def run(
                             sampling=sampling, quantum=not classical, policy=policy, mixing=mixing,
                             max_iterations=max_iterations, tol_thz=tol, seed=seed, n_seeds_for_error=n_seeds)
         spec = resolve_default_model(model)
+        label = Path(structure).stem
+        struct = load_structure(structure, label)
+        maker = TDPhononMaker(model=spec, temperatures=tuple(temperature), harmonic_settings=hs.to_dict(),
+                              tdph_settings=ts.to_dict(), device=device, gpu_category=None, cpu_category=None)
         console.print(f"loading model [bold]{spec}[/]")
-        pot = load_potential(spec, device=device)
+        store = cmp.local_store(out / "store")
         with _Progress() as prog:
-            res = run_tdph(structure, pot, temperature, hs, ts, progress=prog)
-        files = res.save(out)
+            rep = cmp.run_local([cmp.MaterialInput(label, struct, str(structure))], maker, store,
+                                progress=lambda lab, k, n: prog(f"{label}: harmonic, sampling, Φ(T), metrics", k, n))
+        if rep.failed:
+            raise TDPhononError(label, rep.failed[0]["reason"])
+        for d in rep.duplicates:
+            console.print(f"[yellow]reusing[/] the stored result: {d['reason']} (delete {out / 'store'} to recompute)")
+        key = (rep.submitted or rep.duplicates)[0]["key"]
+        doc = next(d for d in cmp.query(store, load_arrays=True) if d["dedup_key"] == key)
+        files = cmp.write_outputs(doc, out, plot=True)
     except (TDPhononError, ValueError) as exc:
         _fail(exc)
-    console.print(f"[green]done[/] {res.label} ({pot.identity.name}, {ts.estimator}, "
+    console.print(f"[green]done[/] {doc['label']} ({doc['model']['name']}, {ts.estimator}, "
                   f"{'self-consistent' if ts.self_consistent else 'one-shot'})")
-    for tr in res.temperatures:
-        m = tr.renormalization.metrics
-        console.print(f"  T = {tr.temperature:g} K: R_full {_num(m.get('r_full'))}, "
-                      f"max R_onsite {_num(m.get('r_onsite_max'))}, frequency shift "
-                      f"{_num(m.get('frequency_shift'))}, force calls {tr.renormalization.force_calls}, "
-                      f"Hessians {tr.renormalization.hessian_calls}")
+    for t in doc["temperatures"]:
+        console.print(f"  T = {t['temperature']:g} K: R_full {_num(t['r_full'])}, max R_onsite "
+                      f"{_num(t['r_onsite_max'])}, frequency shift {_num(t['frequency_shift'])}, "
+                      f"force calls {t['force_calls']}, Hessians {t['hessian_calls']}")
     for k, v in files.items():
         console.print(f"  {k}: {v}")
 
