@@ -85,10 +85,18 @@ def sha256_files(paths: Sequence[str | os.PathLike], root: str | os.PathLike | N
     return h.hexdigest(), per_file
 
 
+#: documentation files of a model directory, left out of its sha256 (a card can then state the digest)
+MODEL_DOC_FILES = {"README.md", "model_card.json"}
+
+
 def sha256_dir(path: str | os.PathLike) -> tuple[str, dict]:
-    """sha256 over all regular files of a model directory (recursively, sorted by relative name)."""
+    """sha256 over the regular files of a model directory (recursively, sorted by relative name).
+
+    The model card files (:data:`MODEL_DOC_FILES`) at the top level are not part of the digest.
+    """
     root = Path(path)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                   and not (p.parent == root and p.name in MODEL_DOC_FILES))
     if not files:
         raise ModelLoadError(None, f"model directory {root} contains no files")
     return sha256_files(files, root)
