@@ -478,6 +478,111 @@ def export(
         console.print(str(d))
 
 
+# --------------------------------------------------------------------------------------------
+# fine-tuning
+# --------------------------------------------------------------------------------------------
+finetune_app = typer.Typer(no_args_is_help=True, help="Fine-tune a matgl potential on DFT harmonic force constants.")
+app.add_typer(finetune_app, name="finetune")
+SourcesArg = Annotated[list[Path], typer.Argument(help="DFT sources: files, MDR-style folders or a reference tree")]
+
+
+@finetune_app.command("dataset")
+def finetune_dataset(
+    sources: SourcesArg,
+    out: OutOpt = Path("finetune/dataset"),
+    n_random: Annotated[int, typer.Option(help="random-displacement configurations per compound")] = 10,
+    amplitude_min: Annotated[float, typer.Option(help="smallest random displacement (Å)")] = 0.01,
+    amplitude_max: Annotated[float, typer.Option(help="largest random displacement (Å)")] = 0.05,
+    temperature: Annotated[list[float] | None, typer.Option("--temperature", "-T",
+                                                            help="thermal configurations at T (K)")] = None,
+    n_thermal: Annotated[int, typer.Option(help="thermal configurations per compound and T")] = 10,
+    raw: Annotated[bool, typer.Option(help="add the raw DFT random-displacement configurations")] = False,
+    held_out: Annotated[list[str] | None, typer.Option("--held-out", help="label or compound (repeat)")] = None,
+    val_fraction: Annotated[float, typer.Option(help="validation fraction of compounds")] = 0.05,
+    seed: SeedOpt = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing data set")] = False,
+) -> None:
+    """Force–displacement data (F = −Φu) from DFT force constants, split by compound (extxyz + manifest)."""
+    _quiet()
+    from tdphonon.finetune.dataset import DatasetSettings
+    from tdphonon.finetune.flows import make_dataset
+
+    try:
+        st = DatasetSettings(n_random=n_random, amplitude_min=amplitude_min, amplitude_max=amplitude_max,
+                             temperatures=tuple(temperature or ()), n_thermal=n_thermal, include_raw=raw,
+                             held_out=tuple(held_out or ()), val_fraction=val_fraction, seed=seed)
+        man = make_dataset(sources, out, st, overwrite=overwrite)
+    except (TDPhononError, ValueError, FileExistsError) as exc:
+        _fail(exc)
+    for sk in man.get("skipped", []):
+        console.print(f"[yellow]skipped[/] {sk.get('label')}: {sk.get('reason')}")
+    console.print(f"data set written to {out}: {json.dumps(man.get('counts', {}))}")
+
+
+@finetune_app.command("train")
+def finetune_train(
+    dataset: Annotated[Path, typer.Argument(help="data set folder (tdphonon finetune dataset)")],
+    base: Annotated[str, typer.Option(help="base matgl model (directory or matgl:<name>)")] = "",
+    out: OutOpt = Path("finetune/model"),
+    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 150,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-4,
+    batch_size: Annotated[int, typer.Option(help="structures per step")] = 4,
+    patience: Annotated[int, typer.Option(help="early stopping patience (epochs; 0: off)")] = 20,
+    energy_weight: Annotated[float, typer.Option(help="weight of the energy term (0: forces only)")] = 0.0,
+    name: Annotated[str | None, typer.Option(help="name of the fine-tuned model")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint.pt")] = True,
+) -> None:
+    """Fine-tune (force MAE, early stopping, checkpoints); writes a matgl model directory with its card."""
+    _quiet()
+    from tdphonon.finetune.flows import train
+    from tdphonon.finetune.train import FineTuneSettings
+
+    if not base:
+        _fail(ValueError("--base is required (e.g. a matgl model directory)"))
+    try:
+        st = FineTuneSettings(epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
+                              energy_weight=energy_weight, seed=seed, device=device)
+        with _Progress() as prog:
+            def _p(epoch, total, rec):
+                prog(f"epoch (train {rec['train_mae']:.4f}, val {rec['val_mae']:.4f} eV/Å)", epoch, total)
+
+            card = train(dataset, base, out, st, name=name, progress=_p, resume=resume)
+    except (TDPhononError, ValueError) as exc:
+        _fail(exc)
+    b, a = card["force_mae_before"], card["force_mae_after"]
+    console.print(f"[green]model[/] {out / 'model'} (sha256 {card['sha256'][:16]}…): force MAE train "
+                  f"{b['train_mae']:.4f} → {a['train_mae']:.4f}, val {b['val_mae']} → {a['val_mae']} eV/Å")
+
+
+@finetune_app.command("evaluate")
+def finetune_evaluate(
+    sources: SourcesArg,
+    base: Annotated[str, typer.Option(help="base model spec")] = "",
+    model: Annotated[str, typer.Option(help="fine-tuned model directory")] = "",
+    held_out: Annotated[list[str] | None, typer.Option("--held-out", help="held-out labels (repeat)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSON result (+ parity PNG beside it)")] = Path(
+        "finetune/evaluation.json"),
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Frequency MAE before/after on held-out and training compounds, harmonic-fit residuals, parity plot."""
+    _quiet()
+    from tdphonon.finetune.flows import evaluate
+
+    models = {k: v for k, v in (("before", base), ("after", model)) if v}
+    if not models:
+        _fail(ValueError("give --base and/or --model"))
+    try:
+        res = evaluate(sources, models, held_out or [], out, device=device)
+    except (TDPhononError, ValueError) as exc:
+        _fail(exc)
+    for k, m in res["models"].items():
+        console.print(f"{k} ({m['model']['name']}): MAE held-out {m['mae_thz_heldout']}, train {m['mae_thz_train']} "
+                      "THz")
+    console.print(f"written {out}")
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 

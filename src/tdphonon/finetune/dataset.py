@@ -1,0 +1,529 @@
+"""Force–displacement fine-tuning data sets from harmonic DFT force constants.
+
+For every compound (a :class:`~tdphonon.finetune.sources.HarmonicEntry`), configurations of its
+DFT supercell are generated and labelled with the *exact* harmonic forces of Φ_DFT:
+
+* ``random`` (default, as Lee & Xia 2024): ``n_random`` (10) configurations in which every atom is
+  displaced along a uniformly random direction by an amplitude drawn uniformly from
+  [0.01, 0.05] Å;
+* ``thermal`` (optional): ``n_thermal`` configurations per temperature drawn from the quantum
+  (or classical) covariance Σ(T) of Φ (:func:`tdphonon.sampling.thermal_covariance`);
+* ``raw`` (optional): the DFT displacement–force data of the source, as computed (by default
+  only random-displacement sets; finite-displacement, phono3py pair and MD sets on request).
+
+Forces are F = −Φu with the full (N, N, 3, 3) Φ (F_ia = −Σ_jb Φ_ia,jb u_jb); energies
+E = E₀ + ½ uᵀΦu are written only when E₀ (the energy of the undisplaced supercell) is known —
+otherwise the configuration is forces-only (``info["energy_available"] = False``). Raw DFT
+configurations keep their DFT energies when the source has them.
+
+The split is **by compound** (reduced formula + space group, so that e.g. the NaCl FD and RD sets
+of one database land in the same split): the compounds listed in ``held_out`` (labels or compound
+ids) go to ``test``, and a seeded ``val_fraction`` (5 %) of the others to ``val``. A compound's
+configurations depend only on ``seed`` and its label, not on the other entries.
+
+Files: ``train.extxyz``, ``val.extxyz`` (and ``test.extxyz`` with a held-out list), ASE extended
+XYZ with the forces in a ``SinglePointCalculator`` (the ``forces`` column) and ``info`` keys
+``label``, ``compound``, ``source``, ``kind``, ``split``, ``index``, ``energy_available`` (and
+``temperature`` for thermal configurations); ``manifest.json`` records the settings, seeds, the
+sources with the sha256 of every source file, counts per compound / kind / split, the sha256 of
+every written file, skipped entries with reasons and package versions.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from tdphonon.errors import TDPhononError
+from tdphonon.finetune.sources import DataError, HarmonicEntry, SkippedEntry, estimate_energy0
+from tdphonon.sampling import (
+    ModeAmplitudePolicy,
+    derive_seed,
+    full_force_constants,
+    normal_modes,
+    sample_displacements,
+    supercell_to_ase,
+    thermal_covariance,
+)
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "SPLITS",
+    "DatasetSettings",
+    "FinetuneDataset",
+    "build_dataset",
+    "compound_configurations",
+    "harmonic_energies",
+    "harmonic_forces",
+    "load_dataset",
+    "random_displacements",
+    "split_by_compound",
+    "thermal_displacements",
+    "write_dataset",
+]
+
+MANIFEST_FORMAT = "tdphonon.finetune.dataset/1"
+SPLITS = ("train", "val", "test")
+
+
+# --------------------------------------------------------------------------------------------
+# settings
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetSettings:
+    """How configurations are generated and split (recorded in the manifest).
+
+    Attributes
+    ----------
+    n_random
+        Random-displacement configurations per compound (10, as Lee & Xia 2024; 0 for none).
+    amplitude_min, amplitude_max
+        Range (Å) of the uniform per-atom displacement amplitude.
+    temperatures
+        Temperatures (K) of thermal configurations (empty: none).
+    n_thermal
+        Thermal configurations per compound and temperature.
+    quantum
+        Bose–Einstein (True) or classical mode amplitudes for the thermal configurations.
+    policy
+        Treatment of imaginary / near-zero modes in Σ(T) (:class:`~tdphonon.sampling.ModeAmplitudePolicy`).
+    thermal_cap_mode
+        ``"clip"`` (default: displacements beyond half the shortest bond are shortened, counted in
+        the manifest) or ``"raise"`` (the compound's thermal configurations are then skipped with
+        the reason recorded).
+    include_raw
+        Also write the DFT displacement–force data of the sources, as they are.
+    raw_kinds
+        Which raw sets (:attr:`ForceSet.kind`): ``"random"`` by default; add ``"fd"``, ``"fd-pairs"``,
+        ``"md+random"`` explicitly.
+    max_raw_per_set
+        At most this many configurations of each raw set (the first ones); ``None``: all.
+    val_fraction
+        Fraction of the (non-held-out) compounds in the validation split.
+    held_out
+        Labels or compound ids whose compounds form the ``test`` split.
+    seed
+        Base seed (per-compound seeds are derived from it and the entry label).
+    estimate_energy0
+        When an entry has no E₀ but raw DFT energies, estimate E₀ (:func:`estimate_energy0`) so that
+        harmonic configurations get energies too (recorded per compound).
+    """
+
+    n_random: int = 10
+    amplitude_min: float = 0.01
+    amplitude_max: float = 0.05
+    temperatures: tuple[float, ...] = ()
+    n_thermal: int = 10
+    quantum: bool = True
+    policy: ModeAmplitudePolicy = field(default_factory=ModeAmplitudePolicy)
+    thermal_cap_mode: str = "clip"
+    include_raw: bool = False
+    raw_kinds: tuple[str, ...] = ("random",)
+    max_raw_per_set: int | None = None
+    val_fraction: float = 0.05
+    held_out: tuple[str, ...] = ()
+    seed: int = 0
+    estimate_energy0: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_random < 0 or self.n_thermal < 0:
+            raise ValueError("n_random and n_thermal must be ≥ 0")
+        if not 0 <= self.amplitude_min <= self.amplitude_max:
+            raise ValueError("need 0 ≤ amplitude_min ≤ amplitude_max")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError("val_fraction must be in [0, 1)")
+        if any(t < 0 for t in self.temperatures):
+            raise ValueError("temperatures must be ≥ 0 K")
+        if self.thermal_cap_mode not in ("clip", "raise"):
+            raise ValueError("thermal_cap_mode must be 'clip' or 'raise'")
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
+        object.__setattr__(self, "raw_kinds", tuple(self.raw_kinds))
+        object.__setattr__(self, "held_out", tuple(self.held_out))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["policy"] = self.policy.to_dict()
+        d["temperatures"] = list(self.temperatures)
+        d["raw_kinds"] = list(self.raw_kinds)
+        d["held_out"] = list(self.held_out)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DatasetSettings:
+        d = dict(d)
+        if isinstance(d.get("policy"), dict):
+            d["policy"] = ModeAmplitudePolicy.from_dict(d["policy"])
+        for k in ("temperatures", "raw_kinds", "held_out"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+# --------------------------------------------------------------------------------------------
+# physics
+# --------------------------------------------------------------------------------------------
+def harmonic_forces(force_constants: np.ndarray, displacements: np.ndarray) -> np.ndarray:
+    """F = −Φu: F_ia = −Σ_jb Φ_ij,ab u_jb for full Φ (N, N, 3, 3) (eV/Å²) and u (..., N, 3) (Å) → eV/Å."""
+    fc = np.asarray(force_constants, dtype=float)
+    u = np.asarray(displacements, dtype=float)
+    n = fc.shape[0]
+    if fc.shape != (n, n, 3, 3) or u.shape[-2:] != (n, 3):
+        raise ValueError(f"force constants {fc.shape} and displacements {u.shape} do not match")
+    return -np.einsum("ijab,...jb->...ia", fc, u, optimize=True)
+
+
+def harmonic_energies(force_constants: np.ndarray, displacements: np.ndarray, energy0: float = 0.0) -> np.ndarray:
+    """E = E₀ + ½ uᵀΦu (eV) of displacements (..., N, 3)."""
+    u = np.asarray(displacements, dtype=float)
+    f = harmonic_forces(force_constants, u)
+    return float(energy0) - 0.5 * np.einsum("...ia,...ia->...", f, u)
+
+
+def random_displacements(natom: int, n_configurations: int, amplitude_range: tuple[float, float] = (0.01, 0.05),
+                         seed: int | np.random.Generator = 0) -> np.ndarray:
+    """(n, N, 3) displacements: a uniformly random direction per atom, amplitude uniform in the range (Å)."""
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(int(seed))
+    lo, hi = (float(x) for x in amplitude_range)
+    d = rng.standard_normal((int(n_configurations), int(natom), 3))
+    norm = np.linalg.norm(d, axis=-1, keepdims=True)
+    d /= np.where(norm > 0, norm, 1.0)
+    amp = rng.uniform(lo, hi, size=(int(n_configurations), int(natom), 1))
+    return d * amp
+
+
+def thermal_displacements(phonon, temperature: float, n_configurations: int, *,
+                          force_constants: np.ndarray | None = None, quantum: bool = True,
+                          policy: ModeAmplitudePolicy | None = None, seed: int = 0, cap_mode: str = "clip",
+                          label: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """(n, N, 3) displacements u ~ N(0, Σ(T)) of Φ and the sampling record.
+
+    Σ(T) is built from the supercell normal modes of Φ (commensurate q-points, translations
+    removed exactly; :func:`tdphonon.sampling.normal_modes`, :func:`~tdphonon.sampling.thermal_covariance`)
+    and sampled with :func:`tdphonon.sampling.sample_displacements`.
+    """
+    fc = full_force_constants(phonon) if force_constants is None else np.asarray(force_constants, dtype=float)
+    modes = normal_modes(phonon.supercell, fc, phonon.primitive, method="commensurate")
+    cov = thermal_covariance(modes, float(temperature), quantum, policy)
+    res = sample_displacements(cov, supercell_to_ase(phonon.supercell), int(n_configurations), seed=int(seed),
+                               cap_mode=cap_mode, label=label)  # type: ignore[arg-type]
+    return res.displacements, res.to_dict()
+
+
+def _label_key(label: str) -> int:
+    return zlib.crc32(label.encode())
+
+
+def _make_atoms(reference: Atoms, u: np.ndarray, forces: np.ndarray, energy: float | None,
+                info: dict[str, Any]) -> Atoms:
+    a = Atoms(symbols=reference.get_chemical_symbols(), cell=reference.cell.array, pbc=True,
+              positions=reference.positions + u)
+    a.calc = SinglePointCalculator(a, forces=np.array(forces, dtype=float),
+                                   **({"energy": float(energy)} if energy is not None else {}))
+    a.info.update(info)
+    a.info["energy_available"] = energy is not None
+    return a
+
+
+def compound_configurations(entry: HarmonicEntry,
+                            settings: DatasetSettings | None = None) -> tuple[list[Atoms], dict[str, Any]]:
+    """Configurations (ASE ``Atoms`` with forces / energies) of one entry and their record.
+
+    Seeds: random configurations use ``derive_seed(seed, crc32(label), 1)``, thermal ones
+    ``derive_seed(seed, crc32(label), 2, round(1000 T))``, so an entry's data do not depend on the
+    other entries of the data set.
+    """
+    s = settings or DatasetSettings()
+    fc = entry.force_constants
+    ref = entry.reference_atoms()
+    natom = len(ref)
+    key = _label_key(entry.label)
+    compound = entry.compound
+    base_info = {"label": entry.label, "compound": compound, "source": entry.source}
+    if entry.functional:
+        base_info["functional"] = entry.functional
+    e0, e0_origin = entry.energy0, "file" if entry.energy0 is not None else None
+    if e0 is None and s.estimate_energy0:
+        est = estimate_energy0(entry)
+        if est is not None:
+            e0 = est[0]
+            e0_origin = f"estimated from {est[2]} raw DFT energies (rms {est[1] * 1e3:.2f} meV per supercell)"
+    out: list[Atoms] = []
+    record: dict[str, Any] = {"label": entry.label, "compound": compound, "n_atoms": natom, "energy0": e0,
+                              "energy0_origin": e0_origin, "seeds": {}, "counts": {}, "warnings": []}
+    if s.n_random:
+        seed = derive_seed(s.seed, key, 1)
+        record["seeds"]["random"] = seed
+        u = random_displacements(natom, s.n_random, (s.amplitude_min, s.amplitude_max), seed)
+        f = harmonic_forces(fc, u)
+        e = harmonic_energies(fc, u, e0) if e0 is not None else [None] * len(u)
+        for k in range(len(u)):
+            out.append(_make_atoms(ref, u[k], f[k], e[k], {**base_info, "kind": "random", "index": k}))
+        record["counts"]["random"] = len(u)
+    for t in s.temperatures if s.n_thermal else ():
+        seed = derive_seed(s.seed, key, 2, round(1000 * t))
+        record["seeds"][f"thermal_{t:g}K"] = seed
+        try:
+            u, rec = thermal_displacements(entry.phonon, t, s.n_thermal, force_constants=fc, quantum=s.quantum,
+                                           policy=s.policy, seed=seed, cap_mode=s.thermal_cap_mode, label=entry.label)
+        except TDPhononError as exc:
+            record["warnings"].append(f"thermal {t:g} K skipped: {exc.reason}")
+            continue
+        f = harmonic_forces(fc, u)
+        e = harmonic_energies(fc, u, e0) if e0 is not None else [None] * len(u)
+        for k in range(len(u)):
+            out.append(_make_atoms(ref, u[k], f[k], e[k],
+                                   {**base_info, "kind": "thermal", "index": k, "temperature": t}))
+        record["counts"][f"thermal_{t:g}K"] = len(u)
+        record.setdefault("thermal", {})[f"{t:g}K"] = {
+            "n_clipped_atoms": rec["n_clipped_atoms"], "max_displacement": rec["max_displacement_found"],
+            "rms_displacement": rec["covariance"]["rms_displacement"],
+            "n_imaginary": rec["covariance"]["report"]["n_imaginary"],
+            "n_soft": rec["covariance"]["report"]["n_soft"]}
+    if s.include_raw:
+        for iset, fs in enumerate(entry.raw_displacement_sets):
+            if fs.kind not in s.raw_kinds:
+                continue
+            n = fs.n_configurations if s.max_raw_per_set is None else min(fs.n_configurations, s.max_raw_per_set)
+            for k in range(n):
+                e = None if fs.energies is None else float(fs.energies[k])
+                out.append(_make_atoms(fs.reference, fs.displacements[k], fs.forces[k], e,
+                                       {**base_info, "source": fs.source or entry.source, "kind": f"raw:{fs.kind}",
+                                        "index": k, "raw_set": iset}))
+            record["counts"][f"raw:{fs.kind}"] = record["counts"].get(f"raw:{fs.kind}", 0) + n
+    return out, record
+
+
+# --------------------------------------------------------------------------------------------
+# split
+# --------------------------------------------------------------------------------------------
+def split_by_compound(compounds: Iterable[str], val_fraction: float = 0.05, held_out: Iterable[str] = (),
+                      seed: int = 0) -> dict[str, str]:
+    """Assign every compound to ``train`` / ``val`` / ``test``.
+
+    ``held_out`` compounds go to ``test``. Of the others, ``round(val_fraction × n)`` (at least one
+    when ``val_fraction > 0`` and at least two compounds remain, never all) go to ``val``: those
+    with the smallest ``sha256(f"{seed}:{compound}")``, so that the assignment is seeded, does not
+    depend on the input order and changes little when compounds are added.
+    """
+    comps = sorted(set(compounds))
+    held = set(held_out)
+    out = {c: "test" for c in comps if c in held}
+    rest = [c for c in comps if c not in held]
+    n_val = round(val_fraction * len(rest))
+    if val_fraction > 0 and len(rest) >= 2:
+        n_val = min(max(n_val, 1), len(rest) - 1)
+    else:
+        n_val = 0
+    ranked = sorted(rest, key=lambda c: hashlib.sha256(f"{seed}:{c}".encode()).hexdigest())
+    val = set(ranked[:n_val])
+    out.update({c: ("val" if c in val else "train") for c in rest})
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# data set
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FinetuneDataset:
+    """Configurations per split and the manifest describing them."""
+
+    structures: dict[str, list[Atoms]]
+    manifest: dict[str, Any]
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.structures.items()}
+
+
+def _sha256(path: str | Path) -> str:
+    from tdphonon.potentials import sha256_file
+
+    return sha256_file(path)
+
+
+def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
+                  settings: DatasetSettings | None = None) -> FinetuneDataset:
+    """Generate the configurations of every entry and split them by compound.
+
+    Parameters
+    ----------
+    entries
+        :class:`HarmonicEntry` objects (e.g. from :func:`~tdphonon.finetune.sources.iter_database`,
+        consumed one at a time); :class:`SkippedEntry` items are carried into the manifest. An entry
+        whose label repeats an earlier one, or whose generation fails, is skipped with the reason.
+    settings
+        :class:`DatasetSettings` (defaults: 10 random configurations, 0.01–0.05 Å, 5 % validation).
+
+    Returns
+    -------
+    FinetuneDataset
+        ``structures[split]`` and the manifest (file checksums are added by :func:`write_dataset`).
+    """
+    from tdphonon.potentials import package_versions
+
+    s = settings or DatasetSettings()
+    per_compound: dict[str, list[Atoms]] = {}
+    records: list[dict[str, Any]] = []
+    sources: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    labels: set[str] = set()
+    label_to_compound: dict[str, str] = {}
+    sha_cache: dict[str, str] = {}
+    for item in entries:
+        if isinstance(item, SkippedEntry):
+            skipped.append(item.to_dict())
+            continue
+        if item.label in labels:
+            skipped.append({"label": item.label, "path": item.source, "reason": "duplicate label"})
+            continue
+        try:
+            atoms, rec = compound_configurations(item, s)
+        except TDPhononError as exc:
+            skipped.append({"label": item.label, "path": item.source, "reason": exc.reason})
+            continue
+        labels.add(item.label)
+        label_to_compound[item.label] = rec["compound"]
+        per_compound.setdefault(rec["compound"], []).extend(atoms)
+        records.append(rec)
+        files = []
+        for f in item.files:
+            if f not in sha_cache:
+                sha_cache[f] = _sha256(f) if Path(f).is_file() else "missing"
+            files.append({"path": str(f), "sha256": sha_cache[f]})
+        summ = item.summary()
+        sources.append({"label": item.label, "compound": rec["compound"], "source": item.source, "files": files,
+                        "functional": item.functional, "notes": summ["notes"], "checks": summ["checks"],
+                        "n_atoms_supercell": summ["n_atoms_supercell"],
+                        "supercell_matrix": summ["supercell_matrix"], "born": item.born,
+                        "raw_displacement_sets": summ["raw_displacement_sets"]})
+    held = {label_to_compound.get(h, h) for h in s.held_out}
+    missing = sorted(h for h in s.held_out if h not in label_to_compound and h not in per_compound)
+    split_of = split_by_compound(per_compound, s.val_fraction, held, s.seed)
+    structures: dict[str, list[Atoms]] = {k: [] for k in SPLITS}
+    compounds: dict[str, Any] = {}
+    for comp in sorted(per_compound):
+        split = split_of[comp]
+        kinds: dict[str, int] = {}
+        for a in per_compound[comp]:
+            a.info["split"] = split
+            kinds[a.info["kind"]] = kinds.get(a.info["kind"], 0) + 1
+        structures[split].extend(per_compound[comp])
+        recs = [r for r in records if r["compound"] == comp]
+        funcs = sorted({src["functional"] or "unknown" for src in sources if src["compound"] == comp})
+        warn = []
+        if len(funcs) > 1:
+            warn.append(f"entries of this compound use different functionals: {', '.join(funcs)}")
+        e0s = {r["label"]: r["energy0"] / r["n_atoms"] for r in recs if r["energy0"] is not None}
+        if len(e0s) > 1 and max(e0s.values()) - min(e0s.values()) > 0.5e-3:
+            spread = (max(e0s.values()) - min(e0s.values())) * 1e3
+            warn.append(f"energy references E0/atom of {', '.join(sorted(e0s))} differ by {spread:.2f} meV/atom "
+                        "(different DFT settings: their energies are not on one scale)")
+        compounds[comp] = {"split": split, "labels": sorted(r["label"] for r in recs),
+                           "n_structures": len(per_compound[comp]), "kinds": kinds,
+                           "energy_available": int(sum(bool(a.info["energy_available"]) for a in per_compound[comp])),
+                           "functionals": funcs, "warnings": warn}
+    functionals = sorted({src["functional"] or "unknown" for src in sources})
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "settings": s.to_dict(),
+        "seed": s.seed,
+        "splits": {k: {"n_structures": len(v),
+                       "compounds": sorted(c for c, sp in split_of.items() if sp == k)} for k, v in structures.items()},
+        "compounds": compounds,
+        "entries": records,
+        "sources": sources,
+        "skipped": skipped,
+        "held_out_not_found": missing,
+        "functionals": functionals,
+        "mixed_functionals": len(functionals) > 1,
+        "forces": "F = -Phi u (exact harmonic forces of the DFT force constants) for random/thermal; DFT for raw:*",
+        "units": {"length": "Å", "energy": "eV", "forces": "eV/Å"},
+        "versions": package_versions(),
+    }
+    return FinetuneDataset(structures, manifest)
+
+
+def write_dataset(dataset: FinetuneDataset, folder: str | Path, overwrite: bool = False) -> Path:
+    """Write ``train.extxyz``, ``val.extxyz`` (``test.extxyz`` if any held-out) and ``manifest.json``.
+
+    Returns the manifest path. Refuses to overwrite an existing manifest unless ``overwrite``.
+    """
+    import ase.io
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    mpath = folder / "manifest.json"
+    if mpath.exists() and not overwrite:
+        raise FileExistsError(f"{mpath} exists (pass overwrite=True)")
+    manifest = json.loads(json.dumps(dataset.manifest, default=_json_default))
+    files: dict[str, Any] = {}
+    for split in SPLITS:
+        structs = dataset.structures.get(split, [])
+        if split == "test" and not structs:
+            continue
+        path = folder / f"{split}.extxyz"
+        if structs:
+            ase.io.write(path, structs, format="extxyz")
+        else:
+            path.write_text("")
+        files[split] = {"file": path.name, "n_structures": len(structs), "sha256": _sha256(path)}
+    manifest["files"] = files
+    mpath.write_text(json.dumps(manifest, indent=1, default=_json_default))
+    return mpath
+
+
+def _json_default(o: Any):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def load_dataset(folder: str | Path, splits: Sequence[str] | None = None,
+                 verify: bool = True) -> dict[str, list[Atoms]]:
+    """Read a data set written by :func:`write_dataset`: ``{split: [Atoms, ...]}``.
+
+    Forces are ``atoms.get_forces()`` (a ``SinglePointCalculator``), energies ``atoms.get_potential_energy()``
+    only where ``atoms.info["energy_available"]``. With ``verify`` the sha256 and the number of
+    structures of each file are checked against ``manifest.json`` (:class:`DataError` on mismatch).
+    """
+    import ase.io
+
+    folder = Path(folder)
+    mpath = folder / "manifest.json"
+    if not mpath.is_file():
+        raise DataError(None, f"{mpath}: missing")
+    try:
+        manifest = json.loads(mpath.read_text())
+        files = manifest["files"]
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise DataError(None, f"{mpath}: not a tdphonon fine-tuning manifest ({exc})") from exc
+    out: dict[str, list[Atoms]] = {}
+    for split, meta in files.items():
+        if splits is not None and split not in splits:
+            continue
+        path = folder / meta["file"]
+        if not path.is_file():
+            raise DataError(None, f"{path}: missing (listed in {mpath.name})")
+        if verify and _sha256(path) != meta["sha256"]:
+            raise DataError(None, f"{path}: sha256 differs from {mpath.name}")
+        structs = ase.io.read(path, index=":", format="extxyz") if path.stat().st_size else []
+        if verify and len(structs) != meta["n_structures"]:
+            raise DataError(None, f"{path}: {len(structs)} structures, manifest says {meta['n_structures']}")
+        out[split] = list(structs)
+    return out

@@ -1,0 +1,338 @@
+"""Fine-tuning a matgl potential (M3GNet) on force–displacement data.
+
+A plain PyTorch loop over the matgl model (no Lightning needed): forces F = −∂E/∂r by autograd
+with ``create_graph`` so the force loss can be back-propagated into the weights; L1 loss on the
+force components (the paper's force-MAE objective; an energy term is optional and off by default,
+as harmonic data carry no reliable absolute energies); Adam with a cosine learning-rate decay;
+validation force MAE every epoch; early stopping with patience; a checkpoint after every epoch
+(``checkpoint.pt``: weights, optimiser, scheduler, history, RNG state) from which an interrupted run
+resumes exactly. The best weights (lowest validation MAE, the base model included) are saved as a matgl model directory
+(``matgl.load_model(dir)`` loads it) with a model card (``model_card.json`` + ``README.md``).
+
+Units: eV, Å, eV/Å.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from tdphonon.errors import TDPhononError, UnsupportedElementsError
+from tdphonon.potentials import (
+    MatglPotential,
+    hardware_info,
+    load_potential,
+    package_versions,
+    sha256_dir,
+)
+
+__all__ = ["FineTuneResult", "FineTuneSettings", "fine_tune", "force_mae"]
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    """Training choices (recorded in the model card).
+
+    Attributes
+    ----------
+    epochs
+        Maximum number of epochs (paper: 150).
+    lr
+        Initial learning rate of Adam; cosine decay to ``lr * min_lr_ratio`` over ``epochs``.
+    batch_size
+        Structures per optimisation step.
+    patience
+        Stop when the validation force MAE has not improved for this many epochs (0: never).
+    energy_weight
+        Weight of the per-atom energy L1 term (only for structures with an energy); 0 = forces only.
+    weight_decay
+        Adam weight decay.
+    seed
+        Shuffling / initialisation seed.
+    device
+        ``cpu``, ``cuda``... (``None``: CUDA when available).
+    """
+
+    epochs: int = 150
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.01
+    batch_size: int = 4
+    patience: int = 20
+    energy_weight: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FineTuneResult:
+    """Outcome of :func:`fine_tune`."""
+
+    model_dir: Path
+    card: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _forces_ref(atoms: Atoms) -> np.ndarray:
+    f = atoms.arrays.get("forces")
+    if f is None and atoms.calc is not None:
+        f = atoms.get_forces()
+    if f is None:
+        raise TDPhononError(atoms.info.get("label"), "training structure without forces")
+    return np.asarray(f, dtype=float)
+
+
+def _energy_ref(atoms: Atoms) -> float | None:
+    """Reference energy when the data set says it has one (harmonic data often do not)."""
+    if atoms.info.get("energy_available") is False:
+        return None
+    if atoms.info.get("energy") is not None:
+        return float(atoms.info["energy"])
+    if atoms.info.get("energy_available") and atoms.calc is not None:
+        return float(atoms.get_potential_energy())
+    return None
+
+
+def _check_elements(pot: MatglPotential, structures: Sequence[Atoms], base: str) -> None:
+    known = set(pot.elements)
+    bad: dict[str, set[str]] = {}
+    for a in structures:
+        missing = set(a.get_chemical_symbols()) - known
+        if missing:
+            bad.setdefault(str(a.info.get("label", a.get_chemical_formula())), set()).update(missing)
+    if bad:
+        desc = "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in sorted(bad.items())[:10])
+        raise UnsupportedElementsError(None, f"the base model {base} does not know these elements ({desc}); "
+                                       "remove those compounds or choose another base model")
+
+
+class _Batches:
+    """Graphs built once per structure; batched per step."""
+
+    def __init__(self, pot: MatglPotential, structures: Sequence[Atoms]) -> None:
+        torch = pot.torch
+        self.pot = pot
+        self.items = []
+        for a in structures:
+            g, lat, st = pot._converter.get_graph(a)
+            self.items.append((g, torch.as_tensor(lat, dtype=torch.float32).reshape(3, 3),
+                               torch.as_tensor(np.asarray(st), dtype=torch.float32).reshape(-1),
+                               torch.as_tensor(_forces_ref(a), dtype=torch.float32),
+                               _energy_ref(a), len(a)))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def batch(self, idx: Sequence[int]):
+        from torch_geometric.data import Batch
+
+        torch = self.pot.torch
+        sel = [self.items[i] for i in idx]
+        dev = self.pot.device
+        b = Batch.from_data_list([s[0] for s in sel]).to(dev)
+        lat = torch.stack([s[1] for s in sel]).to(dev)
+        st = torch.stack([s[2] for s in sel]).to(dev)
+        f = torch.cat([s[3] for s in sel]).to(dev)
+        e = [s[4] for s in sel]
+        n = [s[5] for s in sel]
+        return b, lat, st, f, e, n
+
+
+def _predict(pot: MatglPotential, b, lat, st, create_graph: bool):
+    torch = pot.torch
+    energies, pos = pot._energy_graph(b, lat, st)
+    grad = torch.autograd.grad(energies.sum(), pos, create_graph=create_graph)[0]
+    return energies, -grad
+
+
+def force_mae(pot: MatglPotential, data: _Batches, batch_size: int = 8) -> float:
+    """Mean absolute force-component error (eV/Å) of ``pot`` on ``data``."""
+    tot, n = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        b, lat, st, f, _, _ = data.batch(range(start, min(len(data), start + batch_size)))
+        _, fp = _predict(pot, b, lat, st, create_graph=False)
+        tot += float((fp.detach() - f).abs().sum())
+        n += f.numel()
+    return tot / max(n, 1)
+
+
+def fine_tune(
+    base_model: str | Path,
+    train: Sequence[Atoms],
+    val: Sequence[Atoms],
+    out_dir: str | Path,
+    settings: FineTuneSettings | None = None,
+    *,
+    data_manifest: dict[str, Any] | None = None,
+    name: str | None = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    resume: bool = True,
+) -> FineTuneResult:
+    """Fine-tune a matgl model directory (or hub name) on structures with reference forces.
+
+    Parameters
+    ----------
+    base_model
+        matgl model directory (or any spec :func:`tdphonon.potentials.load_potential` maps to matgl).
+    train, val
+        ASE ``Atoms`` with reference forces (``arrays["forces"]`` or a calculator) and, optionally,
+        ``info["energy"]``; ``info["label"]`` names the compound in errors.
+    out_dir
+        Output folder: ``model/`` (matgl directory), ``checkpoint.pt``, ``model_card.json``,
+        ``README.md``, ``history.json``.
+    settings
+        :class:`FineTuneSettings`.
+    data_manifest
+        Description of the data (sources, split, counts) copied into the model card.
+    progress
+        Callback ``(epoch, epochs, {"train_mae": ..., "val_mae": ..., "lr": ...})``.
+    resume
+        Continue from ``out_dir/checkpoint.pt`` when present (same settings required).
+
+    Raises
+    ------
+    UnsupportedElementsError
+        A training or validation structure has an element the base model does not know.
+    """
+    import torch
+
+    s = settings or FineTuneSettings()
+    if not train:
+        raise TDPhononError(None, "no training structures")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pot = load_potential(str(base_model), device=s.device, cache=False)
+    if not isinstance(pot, MatglPotential):
+        raise TDPhononError(None, f"{base_model} is not a matgl model: only matgl potentials can be fine-tuned here")
+    base_identity = pot.identity.to_dict()
+    _check_elements(pot, list(train) + list(val), base_identity["name"])
+    torch.manual_seed(s.seed)
+    rng = np.random.default_rng(s.seed)
+    tr = _Batches(pot, train)
+    va = _Batches(pot, val) if val else None
+    params = [p for p in pot.model.model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(s.epochs, 1), eta_min=s.lr * s.min_lr_ratio)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    ckpt = out / "checkpoint.pt"
+    t_start = time.perf_counter()
+    before = {"train_mae": force_mae(pot, tr), "val_mae": force_mae(pot, va) if va else None}
+    # the base model is the candidate to beat (best epoch -1): fine-tuning never returns worse weights
+    best = (before["val_mae"] if va else before["train_mae"], -1)
+    best_state = copy.deepcopy(pot.model.state_dict())
+    if resume and ckpt.exists():
+        c = torch.load(ckpt, map_location=pot.device, weights_only=False)
+        if c["settings"] != s.to_dict() or c["base_sha256"] != base_identity["sha256"]:
+            raise TDPhononError(None, f"{ckpt} was written with other settings or another base model; "
+                                "use a new output folder or resume=False")
+        pot.model.load_state_dict(c["model"])
+        opt.load_state_dict(c["optimizer"])
+        sched.load_state_dict(c["scheduler"])
+        history, best, best_state, start_epoch = c["history"], tuple(c["best"]), c["best_state"], c["epoch"] + 1
+        before = c["before"]
+        rng.bit_generator.state = c["rng"]
+        torch.set_rng_state(c["torch_rng"])
+    stale = len(history) - 1 - best[1] if history else 0
+    for epoch in range(start_epoch, s.epochs):
+        pot.model.train()
+        order = rng.permutation(len(tr))
+        tot, n = 0.0, 0
+        for start in range(0, len(order), s.batch_size):
+            b, lat, st, f, e, nat = tr.batch(order[start:start + s.batch_size])
+            energies, fp = _predict(pot, b, lat, st, create_graph=True)
+            loss = (fp - f).abs().mean()
+            if s.energy_weight > 0:
+                have = [k for k, x in enumerate(e) if x is not None]
+                if have:
+                    ep = torch.stack([energies[k] / nat[k] for k in have])
+                    er = torch.as_tensor([e[k] / nat[k] for k in have], dtype=ep.dtype, device=ep.device)
+                    loss = loss + s.energy_weight * (ep - er).abs().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            tot += float((fp.detach() - f).abs().sum())
+            n += f.numel()
+        sched.step()
+        pot.model.eval()
+        rec = {"epoch": epoch, "train_mae": tot / max(n, 1), "val_mae": force_mae(pot, va) if va else float("nan"),
+               "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t_start}
+        history.append(rec)
+        score = rec["val_mae"] if va else rec["train_mae"]
+        if score < best[0]:
+            best = (score, epoch)
+            best_state = copy.deepcopy(pot.model.state_dict())
+            stale = 0
+        else:
+            stale += 1
+        torch.save({"epoch": epoch, "model": pot.model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "history": history, "best": list(best),
+                    "best_state": best_state, "settings": s.to_dict(), "base_sha256": base_identity["sha256"],
+                    "before": before, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, ckpt)
+        if progress:
+            progress(epoch + 1, s.epochs, rec)
+        if s.patience and stale >= s.patience:
+            break
+    pot.model.load_state_dict(best_state)
+    pot.model.eval()
+    model_dir = out / "model"
+    name = name or f"{base_identity['name']}-finetuned"
+    pot.model.save(str(model_dir), metadata={"name": name, "base_model": base_identity["name"],
+                                             "base_sha256": base_identity["sha256"]})
+    digest, files = sha256_dir(model_dir)
+    final = {"train_mae": force_mae(pot, tr), "val_mae": force_mae(pot, va) if va else None}
+    card = {
+        "name": name, "kind": "matgl", "sha256": digest, "files": files,
+        "base_model": base_identity, "settings": s.to_dict(),
+        "epochs_run": len(history), "best_epoch": best[1],
+        "force_mae_before": before, "force_mae_after": final,
+        "units": {"force_mae": "eV/Å"}, "data": data_manifest or {},
+        "train_structures": len(train), "val_structures": len(val),
+        "train_seconds": time.perf_counter() - t_start, "hardware": hardware_info(pot.device),
+        "packages": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    (model_dir / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
+    (out / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
+    (model_dir / "README.md").write_text(_card_markdown(card))
+    return FineTuneResult(model_dir, card, history)
+
+
+def _card_markdown(card: dict[str, Any]) -> str:
+    b, a = card["force_mae_before"], card["force_mae_after"]
+    data = card.get("data") or {}
+
+    def _fmt(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    return "\n".join([
+        f"# {card['name']}",
+        "",
+        f"Fine-tuned from **{card['base_model']['name']}** (sha256 `{card['base_model']['sha256'][:16]}…`) with "
+        "tdphonon's force-MAE fine-tuning on force–displacement data generated from DFT harmonic force "
+        "constants (F = −Φu).",
+        "",
+        f"* training structures: {card['train_structures']}, validation structures: {card['val_structures']}",
+        f"* compounds: train {data.get('train_compounds', 'n/a')}, validation {data.get('val_compounds', 'n/a')}, "
+        f"held out {data.get('heldout_compounds', 'n/a')}",
+        f"* epochs run: {card['epochs_run']} (best: {card['best_epoch']}), settings: `{json.dumps(card['settings'])}`",
+        f"* force MAE (eV/Å) before → after: train {_fmt(b['train_mae'])} → {_fmt(a['train_mae'])}, "
+        f"validation {_fmt(b['val_mae'])} → {_fmt(a['val_mae'])}",
+        f"* model sha256 (files in this folder besides the card): `{card['sha256']}`",
+        f"* trained on {card['hardware'].get('device', 'cpu')} in {card['train_seconds']:.0f} s, "
+        f"{card['created']}",
+        "",
+        "Load with `matgl.load_model(<this folder>)` or `tdphonon ... --model <this folder>`.",
+        "",
+    ])

@@ -1,0 +1,141 @@
+"""Fine-tuning M3GNet: dataset → train → evaluate from the CLI, checkpoints/resume, the model card."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import M3GNET_DIR, REFERENCE, requires_m3gnet, requires_reference
+
+pytestmark = [pytest.mark.mlip, pytest.mark.shared, requires_reference, requires_m3gnet]
+
+runner = CliRunner()
+SOURCES = ["phonopy_params_Si.yaml", "phonopy_params_NaCl-fd.yaml.xz", "phonopy_params_Zr3N4.yaml"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from tdphonon.cli import app
+
+    out = tmp_path_factory.mktemp("ft") / "dataset"
+    paths = [str(REFERENCE / "phonopy" / "test" / s) for s in SOURCES]
+    res = runner.invoke(app, ["finetune", "dataset", *paths, "--out", str(out), "--n-random", "4",
+                              "--held-out", "phonopy_params_Zr3N4", "--val-fraction", "0.0"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_dataset_split_by_compound(dataset):
+    from tdphonon.finetune.dataset import load_dataset
+
+    data = load_dataset(dataset)
+    labels = {k: {a.info["label"] for a in v} for k, v in data.items()}
+    assert labels["test"] == {"phonopy_params_Zr3N4"}
+    assert labels["train"] == {"phonopy_params_Si", "phonopy_params_NaCl-fd"}
+    assert sum(len(v) for v in data.values()) == 12
+
+
+def test_two_epochs_lower_the_loss_and_resume_is_exact(dataset, tmp_path):
+    from tdphonon.finetune.dataset import load_dataset
+    from tdphonon.finetune.train import FineTuneSettings, fine_tune
+
+    data = load_dataset(dataset)
+    train, val = data["train"], data["test"]
+    st = FineTuneSettings(epochs=2, lr=3e-4, batch_size=2, patience=0, device="cpu")
+    full = fine_tune(M3GNET_DIR, train, val, tmp_path / "full", st, resume=False)
+    card = full.card
+    assert card["force_mae_after"]["train_mae"] < card["force_mae_before"]["train_mae"]
+    assert card["best_epoch"] >= 0 and card["epochs_run"] == 2
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(epoch, total, rec):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        fine_tune(M3GNET_DIR, train, val, tmp_path / "cut", st, progress=stop_after_first, resume=False)
+    resumed = fine_tune(M3GNET_DIR, train, val, tmp_path / "cut", st, resume=True)
+    assert [round(h["train_mae"], 10) for h in resumed.history] == [round(h["train_mae"], 10) for h in full.history]
+    assert resumed.card["force_mae_after"]["val_mae"] == pytest.approx(card["force_mae_after"]["val_mae"], rel=1e-6)
+    # a checkpoint of other settings is refused, not silently mixed
+    from tdphonon.errors import TDPhononError
+
+    with pytest.raises(TDPhononError, match="other settings"):
+        fine_tune(M3GNET_DIR, train, val, tmp_path / "cut", FineTuneSettings(epochs=3, device="cpu"))
+
+
+def test_cli_train_model_card_and_harmonic(dataset, tmp_path, si_structure):
+    from tdphonon.cli import app
+    from tdphonon.potentials import load_potential
+
+    out = tmp_path / "model"
+    res = runner.invoke(app, ["finetune", "train", str(dataset), "--base", str(M3GNET_DIR), "--out", str(out),
+                              "--epochs", "1", "--lr", "1e-4", "--device", "cpu", "--name", "tdphonon-test"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((out / "model" / "model_card.json").read_text())
+    assert card["base_model"]["name"] == "M3GNet-MP-2021.2.8-PES"
+    assert card["data"]["dataset_dir"] and card["train_structures"] == 8
+    pot = load_potential(str(out / "model"), device="cpu", cache=False)
+    assert pot.identity.sha256 == card["sha256"] and pot.identity.name == "tdphonon-test"
+    cif = tmp_path / "Si.cif"
+    si_structure.to(filename=str(cif))
+    res = runner.invoke(app, ["harmonic", str(cif), "--model", str(out / "model"), "--no-relax", "--supercell",
+                              "1 1 1", "--out", str(tmp_path / "h")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "h" / "summary.json").read_text())
+    assert summary["model"]["sha256"] == card["sha256"]
+
+
+def test_unknown_elements_are_refused(dataset, tmp_path):
+    from ase import Atoms
+
+    from tdphonon.errors import UnsupportedElementsError
+    from tdphonon.finetune.train import fine_tune
+
+    a = Atoms("EsCl", positions=[[0, 0, 0], [2.5, 2.5, 2.5]], cell=np.eye(3) * 5.0, pbc=True)
+    a.arrays["forces"] = np.zeros((2, 3))
+    a.info["label"] = "EsCl"
+    with pytest.raises(UnsupportedElementsError, match="Es"):
+        fine_tune(M3GNET_DIR, [a], [], tmp_path / "x")
+
+
+def test_evaluate_reports_before_after_and_residuals(tmp_path):
+    from tdphonon.cli import app
+
+    out = tmp_path / "eval.json"
+    paths = [str(REFERENCE / "phonopy" / "test" / s) for s in SOURCES[:2]]
+    res = runner.invoke(app, ["finetune", "evaluate", *paths, "--base", str(M3GNET_DIR), "--model", "chgnet",
+                              "--held-out", "phonopy_params_Si", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    assert r["heldout"] == ["phonopy_params_Si"] and r["train"] == ["phonopy_params_NaCl-fd"]
+    for m in r["models"].values():
+        assert m["mae_thz_heldout"] > 0 and m["mae_thz_train"] > 0
+    # finite-displacement DFT data are harmonic to a few per cent
+    assert 0 < r["residuals"]["phonopy_params_NaCl-fd"] < 0.05
+    assert out.with_suffix(".png").stat().st_size > 5000
+
+
+def test_finetune_maker_flow(tmp_path):
+    from jobflow import JobStore, run_locally
+    from maggma.stores import MemoryStore
+
+    from tdphonon.finetune.flows import FineTuneMaker
+
+    maker = FineTuneMaker(base_model=str(M3GNET_DIR), dataset_settings={"n_random": 2, "val_fraction": 0.0,
+                                                                         "held_out": ["phonopy_params_Si"]},
+                          train_settings={"epochs": 1, "device": "cpu"}, model_name="flow-test")
+    flow = maker.make([REFERENCE / "phonopy" / "test" / s for s in SOURCES[:2]], tmp_path)
+    assert [j.config.manager_config.get("_category") for j in flow.jobs] == ["tdphonon-cpu", "tdphonon-gpu",
+                                                                            "tdphonon-cpu"]
+    store = JobStore(MemoryStore())
+    out = run_locally(flow, store=store, ensure_success=True, log=False)
+    ev = out[flow.jobs[-1].uuid][1].output
+    assert ev["heldout"] == ["phonopy_params_Si"]
+    assert ev["after"]["model"]["name"] == "flow-test" and ev["before"]["mae_thz_train"] > 0
+    assert (tmp_path / "train" / "model" / "model_card.json").exists()
