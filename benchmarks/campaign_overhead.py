@@ -73,7 +73,7 @@ def structures(n: int):
 
 
 def run(n: int, workers: int, root: Path, host: str, port: int) -> dict:
-    from tdphonon.campaign import load_launchpad, load_store, status, submit
+    from tdphonon.campaign import failures, load_launchpad, load_store, status, submit
     from tdphonon.flows import TDPhononMaker
 
     db = f"bench_{workers}w"
@@ -134,6 +134,7 @@ def run(n: int, workers: int, root: Path, host: str, port: int) -> dict:
         "total_overhead_fraction": (wall * workers - compute) / compute if compute else None,
         "materials_per_hour": 3600.0 * n_done / wall, "max_document_bytes": max(doc_sizes, default=0),
         "mean_document_bytes": sum(doc_sizes) / max(len(doc_sizes), 1), "states": st,
+        "failures": [{k: f[k] for k in ("label", "name", "reason")} for f in failures(lp, "bench")],
     }
 
 
