@@ -239,6 +239,19 @@ def test_results_queryable_without_duplicates(env):
     assert abs(ph.force_constants.sum(axis=1)).max() < 1e-8  # acoustic sum rule
 
 
+def test_model_loaded_once_per_worker_process(env):
+    store = _store(env)
+    runs = [d["output"]["run"] for d in store.query({"metadata.tdphonon_step": {"$in": ["harmonic phonons",
+                                                                                        "force constants"]}})]
+    assert len(runs) == 6
+    by_pid: dict[int, list[bool]] = {}
+    for r in runs:
+        by_pid.setdefault(r["model_load"]["pid"], []).append(r["model_load"]["loaded_in_this_job"])
+    for loads in by_pid.values():
+        assert sum(loads) <= 1  # the first model job of a worker process loads it, the others reuse it
+    assert any(len(v) > 1 for v in by_pid.values())  # some worker ran several model jobs
+
+
 def test_resubmission_is_a_noop(env):
     from tdphonon.campaign import submit
 

@@ -18,6 +18,7 @@ in phonopy's compact form (n_prim, N, 3, 3), eV/Å². Models are loaded through
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -91,13 +92,17 @@ def phonopy_from_output(harmonic: Mapping[str, Any], force_constants: np.ndarray
 
 
 def _load(model: str, device: str | None, label: str | None):
-    """The (process-cached) model; load failures name the material."""
+    """The (process-cached) model and whether this job had to load it; load failures name the material."""
     from tdphonon.errors import ModelLoadError
+    from tdphonon.potentials import LOAD_SECONDS
 
+    before = dict(LOAD_SECONDS)
     try:
-        return load_potential(model, device)
+        pot = load_potential(model, device)
     except ModelLoadError as exc:
         raise ModelLoadError(label, exc.reason) from exc
+    new = {f"{k[0]}@{k[1]}": v for k, v in LOAD_SECONDS.items() if before.get(k) != v}
+    return pot, {"loaded_in_this_job": bool(new), "load_seconds": sum(new.values()), "pid": os.getpid()}
 
 
 def _compact(ph, fc_full: np.ndarray) -> np.ndarray:
@@ -110,7 +115,7 @@ def harmonic_phonons_job(structure: Structure | Mapping | str, model: str, harmo
     """ML harmonic phonons (optionally after relaxation) of one material; Φ⁰ to the data store."""
     t0 = time.perf_counter()
     struct = _structure(structure)
-    pot = _load(model, device, label or struct.composition.reduced_formula)
+    pot, load_info = _load(model, device, label or struct.composition.reduced_formula)
     hs = harmonic_settings_from_dict(harmonic_settings)
     harm = harmonic_phonons(struct, pot, hs, label=label)
     from tdphonon.pipeline import named_qpoints
@@ -127,7 +132,7 @@ def harmonic_phonons_job(structure: Structure | Mapping | str, model: str, harmo
         "summary": _jsonable(harm.summary()),
         "model": pot.identity.to_dict(),
         "timings": {"harmonic": time.perf_counter() - t0},
-        "run": _run_ids(),
+        "run": {**_run_ids(), "model_load": load_info},
     }
 
 
@@ -165,7 +170,7 @@ def force_constants_job(harmonic: Mapping[str, Any], sampling: Mapping[str, Any]
     t0 = time.perf_counter()
     label = label or harmonic["label"]
     ts = TDPHSettings.from_dict(tdph_settings or {})
-    pot = _load(model, device, label)
+    pot, load_info = _load(model, device, label)
     ph = phonopy_from_output(harmonic)
     given = None
     if sampling is not None:
@@ -188,7 +193,7 @@ def force_constants_job(harmonic: Mapping[str, Any], sampling: Mapping[str, Any]
         "settings": {**ts.to_dict(), "digest": ts.digest()},
         "hardware": hardware_info(pot.device),
         "timings": {"force_constants": time.perf_counter() - t0},
-        "run": _run_ids(),
+        "run": {**_run_ids(), "model_load": load_info},
     }
 
 
