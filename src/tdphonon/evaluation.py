@@ -8,7 +8,11 @@ Non-analytical (Born) corrections are switched off on both sides: MLIPs have no 
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,22 +41,27 @@ class ReferenceSet:
         return len(self.phonon.supercell)
 
 
-def load_reference(path: str | Path, name: str | None = None) -> ReferenceSet:
-    """Load one phonopy / phono3py data set and produce its (full) force constants.
+@contextmanager
+def isolated_cwd() -> Iterator[None]:
+    """Run phonopy / phono3py loaders in an empty temporary working directory.
 
-    phono3py files are read with phono3py (fc2 part, symfc when the fc2 data are random
-    displacements); phonopy files with ``phonopy.load``. Folders with ``phonopy_disp.yaml`` +
-    ``FORCE_SETS`` (phonopy examples) are accepted too.
-
-    Raises
-    ------
-    ValueError
-        When the file holds no usable force sets / force constants.
+    ``phonopy.load`` falls back to ``FORCE_SETS``, ``FORCE_CONSTANTS``, ``force_constants.hdf5``
+    and ``BORN`` of the *current directory* when a file lacks them, which would silently attach
+    unrelated data to a data set. Paths given to the loaders must be absolute. (Changes the process
+    working directory for the duration: not thread-safe.)
     """
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="tdphonon-read-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield
+        finally:
+            os.chdir(old)
+
+
+def _load_phonopy_like(p: Path) -> Phonopy:
     import phonopy
 
-    p = Path(path)
-    name = name or p.name.split(".yaml")[0]
     if p.is_dir():
         disp = p / "phonopy_disp.yaml"
         fs = p / "FORCE_SETS"
@@ -67,6 +76,25 @@ def load_reference(path: str | Path, name: str | None = None) -> ReferenceSet:
                           log_level=0, produce_fc=True)
     else:
         ph = phonopy.load(str(p), is_nac=False, log_level=0, produce_fc=True)
+    return ph
+
+
+def load_reference(path: str | Path, name: str | None = None) -> ReferenceSet:
+    """Load one phonopy / phono3py data set and produce its (full) force constants.
+
+    phono3py files are read with phono3py (fc2 part, symfc when the fc2 data are random
+    displacements); phonopy files with ``phonopy.load``. Folders with ``phonopy_disp.yaml`` +
+    ``FORCE_SETS`` (phonopy examples) are accepted too.
+
+    Raises
+    ------
+    ValueError
+        When the file holds no usable force sets / force constants.
+    """
+    p = Path(path).resolve()
+    name = name or p.name.split(".yaml")[0]
+    with isolated_cwd():  # phonopy.load would otherwise pick up FORCE_SETS/BORN of the current directory
+        ph = _load_phonopy_like(p)
     if ph.force_constants is None:
         raise ValueError(f"{p}: no force constants could be produced")
     if ph.force_constants.shape[0] != ph.force_constants.shape[1]:

@@ -31,12 +31,9 @@ include them silently.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +44,7 @@ from ase.units import Bohr, Rydberg
 from phonopy import Phonopy
 
 from tdphonon.errors import TDPhononError
+from tdphonon.evaluation import isolated_cwd
 from tdphonon.sampling import commensurate_frequencies, full_force_constants, supercell_to_ase
 
 __all__ = [
@@ -458,22 +456,8 @@ def _finish(entry: HarmonicEntry) -> HarmonicEntry:
     return entry
 
 
-@contextmanager
-def _isolated_cwd() -> Iterator[None]:
-    """Run phonopy / phono3py loaders in an empty temporary working directory.
-
-    ``phonopy.load`` falls back to ``FORCE_SETS``, ``FORCE_CONSTANTS``, ``force_constants.hdf5``
-    and ``BORN`` of the *current directory* when a file lacks them, which would silently attach
-    unrelated data to a database entry. Paths given to the loaders must be absolute. (Changes the
-    process working directory for the duration: not thread-safe.)
-    """
-    old = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="tdphonon-read-") as tmp:
-        os.chdir(tmp)
-        try:
-            yield
-        finally:
-            os.chdir(old)
+#: phonopy loaders run in an empty working directory (see :func:`tdphonon.evaluation.isolated_cwd`)
+_isolated_cwd = isolated_cwd
 
 
 def _energy0_from_dataset(dataset: dict | None) -> float | None:
