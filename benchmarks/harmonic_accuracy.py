@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import traceback
 import warnings
 from pathlib import Path
@@ -109,6 +108,8 @@ def main(argv=None) -> int:
                 traceback.print_exc(limit=1)
                 continue
             d = c.to_dict()
+            for k in ("frequencies_ml", "frequencies_dft"):  # per-mode lists: 1e-4 THz is plenty
+                d[k] = [round(x, 4) for x in d[k]]
             d.update(functional=functional(name), n_materials=1, seconds_per_material=c.seconds)
             per[name] = d
             print(
@@ -149,7 +150,7 @@ def summarize(pot, spec: str, per: dict) -> dict:
 
 
 def finish(results: dict, out: Path, plot: bool) -> None:
-    from tdphonon.potentials import hardware_info, package_versions
+    from _common import write_result
 
     results["method"] = {
         "displacement_A": 0.01,
@@ -158,15 +159,11 @@ def finish(results: dict, out: Path, plot: bool) -> None:
         "qpoints": "commensurate with the DFT supercell; 3 acoustic Γ modes excluded",
         "nac": False,
         "thermal": "phonopy mesh 30 Å, 300 K; F in kJ/mol, S and Cv in J/K/mol (primitive cell)",
+        "frequencies": "per-mode lists rounded to 1e-4 THz (per-material errors computed before rounding)",
         "note": "functionals differ between sets (see 'functional'); the overall MAE mixes PBE, PBEsol and "
         "unrecorded sets",
     }
-    results["packages"] = package_versions()
-    results["hardware"] = hardware_info("cpu")
-    results["date"] = time.strftime("%Y-%m-%d")
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(out)
+    write_result(results, out, compact=True)
     if plot:
         parity(results, out.with_name(out.stem + "_parity.png"))
 

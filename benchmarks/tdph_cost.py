@@ -636,7 +636,7 @@ def report(results: dict) -> None:
 
 
 def finish(results: dict, out: Path, plot: bool) -> None:
-    from tdphonon.potentials import hardware_info, package_versions
+    from _common import write_result
 
     results["description"] = __doc__.strip().splitlines()[0]
     results["method"] = {
@@ -682,12 +682,7 @@ def finish(results: dict, out: Path, plot: bool) -> None:
         "wall_time": "CPU, 1 torch thread, nice 10, another benchmark running on the second core: timings are "
                      "indicative",
     }
-    results["packages"] = package_versions()
-    results["hardware"] = hardware_info("cpu")
-    results["date"] = time.strftime("%Y-%m-%d")
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(out)
+    write_result(results, out)
     if plot:
         plot_cost(results, out.with_suffix(".png"))
 
