@@ -19,7 +19,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -257,6 +257,18 @@ def _existing(launchpad, store, key: str) -> str | None:
     return None
 
 
+def _new_materials(materials: Iterable[MaterialInput], maker: TDPhononMaker, sha: str, launchpad, store,
+                   rep: SubmitReport) -> Iterator[tuple[MaterialInput, str]]:
+    """(material, key) of each material not yet on the launchpad or in the store; duplicates go to ``rep``."""
+    for m in materials:
+        key = maker.key(m.structure, sha)
+        why = _existing(launchpad, store, key)
+        if why:
+            rep.duplicates.append({"label": m.label, "key": key, "reason": why})
+            continue
+        yield m, key
+
+
 def submit(materials: Iterable[MaterialInput], maker: TDPhononMaker, launchpad, store=None,
            model_sha: str | None = None) -> SubmitReport:
     """Add one workflow per material to ``launchpad``; skip duplicates (launchpad or ``store``)."""
@@ -266,12 +278,7 @@ def submit(materials: Iterable[MaterialInput], maker: TDPhononMaker, launchpad, 
     if store is not None:
         _connected(store)
     rep = SubmitReport()
-    for m in materials:
-        key = maker.key(m.structure, sha)
-        why = _existing(launchpad, store, key)
-        if why:
-            rep.duplicates.append({"label": m.label, "key": key, "reason": why})
-            continue
+    for m, key in _new_materials(materials, maker, sha, launchpad, store, rep):
         flow = maker.make(m.structure, m.label, model_sha256=sha)
         wf = flow_to_workflow(flow, metadata={"tdphonon_key": key, "tdphonon_campaign": maker.campaign,
                                               "tdphonon_label": m.label, "tdphonon_source": m.source,
@@ -294,14 +301,9 @@ def run_local(materials: Iterable[MaterialInput], maker: TDPhononMaker, store,
     _connected(store)
     rep = SubmitReport()
     materials = list(materials)
-    for k, m in enumerate(materials):
+    for m, key in _new_materials(materials, maker, sha, None, store, rep):
         if progress:
-            progress(m.label, k, len(materials))
-        key = maker.key(m.structure, sha)
-        why = _existing(None, store, key)
-        if why:
-            rep.duplicates.append({"label": m.label, "key": key, "reason": why})
-            continue
+            progress(m.label, len(rep.submitted) + len(rep.duplicates) + len(rep.failed), len(materials))
         flow = maker.make(m.structure, m.label, model_sha256=sha)
         t0 = time.perf_counter()
         try:
@@ -317,7 +319,8 @@ def run_local(materials: Iterable[MaterialInput], maker: TDPhononMaker, store,
                                     key=["uuid", "index"])
             rep.failed.append({"label": m.label, "key": key, "reason": reason})
             continue
-        store.docs_store.remove_docs({"uuid": f"failure-{key}"})
+        if store.docs_store.count({"uuid": f"failure-{key}"}):  # an earlier failure, now fixed
+            store.docs_store.remove_docs({"uuid": f"failure-{key}"})
         rep.submitted.append({"label": m.label, "key": key, "seconds": time.perf_counter() - t0})
     if progress:
         progress("done", len(materials), len(materials))

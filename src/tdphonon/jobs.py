@@ -5,8 +5,9 @@
    temperature; fails early (before any model evaluation) on unphysical displacements (light).
 3. :func:`force_constants_job` — Φ(T) by the chosen estimator, one-shot or self-consistent; the
    stored configurations are checked against the ones the estimator draws (GPU).
-4. :func:`metrics_job` — R_full, R_onsite, frequency shift (recomputed from Φ⁰ and Φ(T)), thermal
-   properties of Φ(T), and the :class:`~tdphonon.schemas.TDPhononDoc` of the material (light).
+4. :func:`metrics_job` — R_full, R_onsite, frequency shift (as computed with Φ(T) by the estimator,
+   with error bars), thermal properties of Φ(T), and the :class:`~tdphonon.schemas.TDPhononDoc` of
+   the material (light).
 
 Outputs are JSON-able dicts; arrays named ``force_constants`` and ``displacements`` are declared as
 ``data`` so jobflow puts them in the ``data`` store (GridFS in production). Force constants travel
@@ -28,10 +29,10 @@ from jobflow import job
 from pymatgen.core import Structure
 
 from tdphonon.harmonic import HarmonicSettings, _json_default, harmonic_phonons, make_phonopy
-from tdphonon.metrics import drop_gamma_acoustic, frequency_shift, harmonic_thermal_properties, onsite_report, r_full
+from tdphonon.metrics import drop_gamma_acoustic, harmonic_thermal_properties
 from tdphonon.potentials import hardware_info, load_potential, package_versions
 from tdphonon.renormalize import FCProjector, TDPHSettings, initial_samples, renormalize
-from tdphonon.sampling import commensurate_frequencies, full_force_constants
+from tdphonon.sampling import full_force_constants
 from tdphonon.schemas import TDPhononDoc, TemperatureDoc, dedup_key
 from tdphonon.structures import load_structure, spacegroup, structure_fingerprint
 
@@ -205,46 +206,40 @@ def _crystal_system(number: int) -> str:
     raise ValueError(f"invalid space-group number {number}")
 
 
-def _site_list(report) -> list[dict[str, Any]]:
+def _site_list(sites: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{"index": s["atom"], "element": s["symbol"], "multiplicity": s["multiplicity"],
-             "r_onsite": s["r_onsite"]} for s in report.sites]
+             "r_onsite": s["r_onsite"]} for s in sites]
 
 
 @job(data=["force_constants"])
 def metrics_job(harmonic: Mapping[str, Any], force_constants: Mapping[str, Any], tdph_settings: Mapping | None = None,
                 label: str | None = None, campaign: str | None = None,
                 upstream: Sequence[Mapping[str, Any]] | None = None) -> TDPhononDoc:
-    """Metrics from Φ⁰ and Φ(T) and the material's :class:`TDPhononDoc`."""
+    """The material's :class:`TDPhononDoc`: metrics of each Φ(T), thermal properties of Φ(T), provenance.
+
+    R_full, R_onsite (per site) and the frequency shift are those :func:`~tdphonon.renormalize.renormalize`
+    computed in the force-constants job (with their error bars); this job adds F, S, Cv of Φ(T) at T and
+    assembles the document.
+    """
     t0 = time.perf_counter()
     label = label or harmonic["label"]
     ts = TDPHSettings.from_dict(tdph_settings or {})
     fcs = force_constants["force_constants"]
-    ph0 = phonopy_from_output(harmonic, fcs["harmonic"])
-    fc0 = full_force_constants(ph0)
-    sc, prim = ph0.supercell, ph0.primitive
-    qpts, f0 = commensurate_frequencies(sc, prim, fc0)
-    eq = np.asarray(ph0.symmetry.get_map_atoms())
     structure = _structure(harmonic["structure"])
     temps_docs: list[TemperatureDoc] = []
     by_t = {round(float(d["temperature"]) * 1000): d for d in force_constants["temperatures"]}
     fc_by_t = dict(zip([round(float(t) * 1000) for t in fcs["temperatures"]], fcs["renormalized"], strict=True))
-    phonopy_fc = {}
     for key in sorted(by_t):
         d = by_t[key]
         t = float(d["temperature"])
-        ph_t = phonopy_from_output(harmonic, fc_by_t[key])
-        fc_t = full_force_constants(ph_t)
-        phonopy_fc[t] = ph_t
-        _, f_t = commensurate_frequencies(sc, prim, fc_t)
-        ons = onsite_report(fc_t, fc0, sc, equivalent=eq)
-        tp = harmonic_thermal_properties(ph_t, None, [t])
-        m, err = d.get("metrics", {}), d.get("errors", {})
-        nonac = drop_gamma_acoustic(f_t, qpts)
+        tp = harmonic_thermal_properties(phonopy_from_output(harmonic, fc_by_t[key]), None, [t])
+        m, err = d["metrics"], d.get("errors", {})
+        nonac = drop_gamma_acoustic(np.asarray(d["frequencies"]), np.asarray(d["qpoints"]))
         temps_docs.append(TemperatureDoc(
-            temperature=t, r_full=r_full(fc_t, fc0), r_full_error=err.get("r_full"),
-            r_full_noise_floor=m.get("r_full_noise_floor"), r_onsite_max=ons.maximum,
-            r_onsite_max_error=err.get("r_onsite_max"), r_onsite_sites=_site_list(ons),
-            frequency_shift=frequency_shift(f_t, f0, qpts), frequency_shift_error=err.get("frequency_shift"),
+            temperature=t, r_full=m["r_full"], r_full_error=err.get("r_full"),
+            r_full_noise_floor=m.get("r_full_noise_floor"), r_onsite_max=m["r_onsite_max"],
+            r_onsite_max_error=err.get("r_onsite_max"), r_onsite_sites=_site_list(m["r_onsite"]["sites"]),
+            frequency_shift=m["frequency_shift"], frequency_shift_error=err.get("frequency_shift"),
             anharmonicity=m.get("anharmonicity"), converged=d.get("converged"),
             n_iterations=int(d.get("n_iterations", 1)), force_calls=int(d.get("force_calls", 0)),
             hessian_calls=int(d.get("hessian_calls", 0)), seeds=[int(x) for x in d.get("seeds", [])],
@@ -273,7 +268,7 @@ def metrics_job(harmonic: Mapping[str, Any], force_constants: Mapping[str, Any],
         spacegroup_symbol=sg_symbol, spacegroup_number=sg_number, crystal_system=_crystal_system(sg_number),
         structure=structure.as_dict(), structure_fingerprint=structure_fingerprint(structure),
         input_structure_fingerprint=in_fp, supercell_matrix=harmonic["supercell_matrix"],
-        primitive_matrix=harmonic["primitive_matrix"], n_atoms_supercell=len(sc), model=model,
+        primitive_matrix=harmonic["primitive_matrix"], n_atoms_supercell=len(fcs["harmonic"][0]), model=model,
         model_sha256=model["sha256"], harmonic_settings=harmonic_settings,
         tdph_settings={**ts.to_dict(), "digest": ts.digest()}, settings_digest=digest,
         dedup_key=dedup_key(in_fp, model["sha256"], digest),
