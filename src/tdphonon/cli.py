@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tdphonon.errors import TDPhononError
+from tdphonon.potentials import resolve_model_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Temperature-dependent phonons of crystals with machine-learning potentials.")
@@ -27,15 +28,6 @@ console = Console(stderr=True)
 #: Default model of the CLI: the project's shipped model when present, else SevenNet-0 (weights in
 #: the sevenn wheel; smooth for cubic perovskites, unlike CHGNet's 180° angle kink).
 DEFAULT_MODEL = os.environ.get("TDPHONON_MODEL", "default")
-
-
-def resolve_default_model(model: str) -> str:
-    """Map ``default`` to the shipped model if installed, else ``sevennet-0``."""
-    if model != "default":
-        return model
-    from tdphonon.potentials import shipped_model_available
-
-    return "tdphonon-m3gnet" if shipped_model_available() else "sevennet-0"
 
 
 def _quiet() -> None:
@@ -121,7 +113,7 @@ def harmonic(
         settings = HarmonicSettings(relax=relax, supercell_matrix=_parse_supercell(supercell), min_length=min_length,
                                     max_atoms=max_atoms, displacement=displacement, fmax=fmax,
                                     relax_steps=relax_steps, standardize=standardize)
-        spec = resolve_default_model(model)
+        spec = resolve_model_spec(model)
         console.print(f"loading model [bold]{spec}[/]")
         pot = load_potential(spec, device=device)
         with _Progress() as prog:
@@ -197,7 +189,7 @@ def run(
         ts = _tdph_settings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
                             sampling=sampling, quantum=not classical, policy=policy, mixing=mixing,
                             max_iterations=max_iterations, tol_thz=tol, seed=seed, n_seeds_for_error=n_seeds)
-        spec = resolve_default_model(model)
+        spec = resolve_model_spec(model)
         label = Path(structure).stem
         struct = load_structure(structure, label)
         maker = TDPhononMaker(model=spec, temperatures=tuple(temperature), harmonic_settings=hs.to_dict(),
@@ -240,7 +232,7 @@ def model_info(
     from tdphonon.potentials import load_potential
 
     try:
-        pot = load_potential(resolve_default_model(model), device=device)
+        pot = load_potential(resolve_model_spec(model), device=device)
     except TDPhononError as exc:
         _fail(exc)
     print(json.dumps({**pot.identity.to_dict(), "device": pot.device}, indent=2))
@@ -268,7 +260,7 @@ def _maker(model, temperature, estimator, self_consistent, n_configurations, pol
     hs = {"relax": relax}
     if supercell:
         hs["supercell_matrix"] = _parse_supercell(supercell)
-    return TDPhononMaker(model=resolve_default_model(model), temperatures=tuple(temperature),
+    return TDPhononMaker(model=resolve_model_spec(model), temperatures=tuple(temperature),
                          harmonic_settings=hs, tdph_settings=ts.to_dict(), campaign=campaign, device=device)
 
 

@@ -18,6 +18,7 @@ in phonopy's compact form (n_prim, N, 3, 3), eV/Å². Models are loaded through
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -30,6 +31,7 @@ from pymatgen.core import Structure
 
 from tdphonon.harmonic import HarmonicSettings, _json_default, harmonic_phonons, make_phonopy
 from tdphonon.metrics import drop_gamma_acoustic, harmonic_thermal_properties
+from tdphonon.pipeline import named_qpoints
 from tdphonon.potentials import hardware_info, load_potential, package_versions
 from tdphonon.renormalize import FCProjector, TDPHSettings, initial_samples, renormalize
 from tdphonon.sampling import full_force_constants
@@ -119,8 +121,6 @@ def harmonic_phonons_job(structure: Structure | Mapping | str, model: str, harmo
     pot, load_info = _load(model, device, label or struct.composition.reduced_formula)
     hs = harmonic_settings_from_dict(harmonic_settings)
     harm = harmonic_phonons(struct, pot, hs, label=label)
-    from tdphonon.pipeline import named_qpoints
-
     ph = harm.phonon
     return {
         "label": harm.label,
@@ -286,8 +286,6 @@ def metrics_job(harmonic: Mapping[str, Any], force_constants: Mapping[str, Any],
 def settings_digest(harmonic_settings: Mapping[str, Any], tdph_settings: Mapping[str, Any],
                     temperatures: Sequence[float]) -> str:
     """sha256 of everything besides structure and model that determines a material's result."""
-    import hashlib
-
     payload = {"harmonic": dict(harmonic_settings), "tdph": {k: v for k, v in dict(tdph_settings).items()
                                                              if k != "digest"},
                "temperatures": sorted(round(float(t), 6) for t in temperatures)}

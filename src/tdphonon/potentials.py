@@ -388,19 +388,23 @@ class MatglPotential(Potential):
             self._calc = PESCalculator(self.model, stress_unit="eV/A3")
         return self._calc
 
-    def _graphs(self, atoms_list):
+    def _graph_parts(self, atoms):
+        """(graph, lattice (3, 3), state attributes) of one structure, on the CPU."""
+        g, lat, st = self._converter.get_graph(atoms)
+        return (g, self.torch.as_tensor(lat, dtype=self.torch.float32).reshape(3, 3),
+                self.torch.as_tensor(np.asarray(st), dtype=self.torch.float32).reshape(-1))
+
+    def _batch(self, parts):
+        """One batched graph (on the model's device) from :meth:`_graph_parts` of several structures."""
         from torch_geometric.data import Batch
 
-        graphs, lats, states = [], [], []
-        for a in atoms_list:
-            g, lat, st = self._converter.get_graph(a)
-            graphs.append(g)
-            lats.append(self.torch.as_tensor(lat, dtype=self.torch.float32).reshape(3, 3))
-            states.append(self.torch.as_tensor(np.asarray(st), dtype=self.torch.float32).reshape(-1))
-        batch = Batch.from_data_list(graphs).to(self.device)
-        lattice = self.torch.stack(lats).to(self.device)
-        state = self.torch.stack(states).to(self.device)
+        batch = Batch.from_data_list([p[0] for p in parts]).to(self.device)
+        lattice = self.torch.stack([p[1] for p in parts]).to(self.device)
+        state = self.torch.stack([p[2] for p in parts]).to(self.device)
         return batch, lattice, state
+
+    def _graphs(self, atoms_list):
+        return self._batch([self._graph_parts(a) for a in atoms_list])
 
     def _energy_graph(self, batch, lattice, state):
         """Total energies with positions as differentiable inputs (mirrors matgl's ``Potential.forward``)."""
@@ -652,17 +656,26 @@ def _load_atomate2(name: str, device: str) -> ASEPotential:
     return ASEPotential(calc, ident, device)
 
 
+def resolve_model_spec(spec: str) -> str:
+    """``default`` → the shipped model (``tdphonon-m3gnet``) when installed, else ``sevennet-0``.
+
+    Every other spec is returned unchanged. (Results name the concrete model, never ``default``.)
+    """
+    s = str(spec).strip()
+    if s.lower() != "default":
+        return s
+    return "tdphonon-m3gnet" if shipped_model_available() else "sevennet-0"
+
+
 def _resolve(spec: str, device: str) -> Potential:
-    s = spec.strip()
+    s = resolve_model_spec(spec)
     low = s.lower()
     if low.startswith("harmonic:"):
         from tdphonon.analytic import ForceConstantPotential
 
         return ForceConstantPotential.from_phonopy_file(s.split(":", 1)[1])
-    if low in {"tdphonon-m3gnet", "default"} and _is_matgl_dir(SHIPPED_MODEL_DIR):
+    if low == "tdphonon-m3gnet" and _is_matgl_dir(SHIPPED_MODEL_DIR):
         return _load_matgl_dir(SHIPPED_MODEL_DIR, device)
-    if low == "default":  # no shipped model in this installation: SevenNet-0 (weights in its wheel)
-        return _load_sevennet("7net-0", device)
     path = Path(os.path.expanduser(s))
     if _is_matgl_dir(path):
         return _load_matgl_dir(path, device)

@@ -9,7 +9,6 @@ whose correlation with the frequency error is reported.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -136,9 +135,4 @@ def parity_plot(result: Mapping[str, Any], path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return Path(path)
-
-
-def write_json(result: Mapping[str, Any], path: str | Path) -> Path:
-    Path(path).write_text(json.dumps(result, indent=1, default=str))
     return Path(path)

@@ -123,30 +123,18 @@ class _Batches:
     def __init__(self, pot: MatglPotential, structures: Sequence[Atoms]) -> None:
         torch = pot.torch
         self.pot = pot
-        self.items = []
-        for a in structures:
-            g, lat, st = pot._converter.get_graph(a)
-            self.items.append((g, torch.as_tensor(lat, dtype=torch.float32).reshape(3, 3),
-                               torch.as_tensor(np.asarray(st), dtype=torch.float32).reshape(-1),
-                               torch.as_tensor(_forces_ref(a), dtype=torch.float32),
-                               _energy_ref(a), len(a)))
+        self.parts = [pot._graph_parts(a) for a in structures]
+        self.forces = [torch.as_tensor(_forces_ref(a), dtype=torch.float32) for a in structures]
+        self.energies = [_energy_ref(a) for a in structures]
+        self.natoms = [len(a) for a in structures]
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.parts)
 
     def batch(self, idx: Sequence[int]):
-        from torch_geometric.data import Batch
-
-        torch = self.pot.torch
-        sel = [self.items[i] for i in idx]
-        dev = self.pot.device
-        b = Batch.from_data_list([s[0] for s in sel]).to(dev)
-        lat = torch.stack([s[1] for s in sel]).to(dev)
-        st = torch.stack([s[2] for s in sel]).to(dev)
-        f = torch.cat([s[3] for s in sel]).to(dev)
-        e = [s[4] for s in sel]
-        n = [s[5] for s in sel]
-        return b, lat, st, f, e, n
+        b, lat, st = self.pot._batch([self.parts[i] for i in idx])
+        f = self.pot.torch.cat([self.forces[i] for i in idx]).to(self.pot.device)
+        return b, lat, st, f, [self.energies[i] for i in idx], [self.natoms[i] for i in idx]
 
 
 def _predict(pot: MatglPotential, b, lat, st, create_graph: bool):
