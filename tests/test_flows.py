@@ -160,4 +160,4 @@ def test_read_inputs_formats(tmp_path, si_structure):
                               {"label": "bad", "structure": overlapping.as_dict()}]))
     mats, skipped = read_inputs(js)
     assert [m.label for m in mats] == ["a"]
-    assert skipped[0]["label"] == "bad" and "bad" in skipped[0]["reason"]
+    assert skipped[0]["label"] == "bad" and "overlapping atoms" in skipped[0]["reason"]
