@@ -470,6 +470,51 @@ def export(
         console.print(str(d))
 
 
+@app.command()
+def analyze(
+    out: OutOpt = Path("analysis"),
+    campaign: CampaignOpt = None,
+    store: StoreOpt = None,
+    local: LocalOpt = None,
+    temperature: Annotated[float | None, typer.Option("--temperature", "-T",
+                                                      help="K (default: the most common one)")] = None,
+    model: Annotated[str | None, typer.Option(help="only results of this model (name or sha256)")] = None,
+    threshold: Annotated[float, typer.Option(help="screening threshold on R_onsite")] = 0.15,
+    reference: Annotated[Path | None, typer.Option(
+        help="folder of DFT reference sets (ML-vs-DFT > 20 %% outlier filter; matched by formula + space group)")
+    ] = None,
+    manifest: Annotated[Path | None, typer.Option(help="structure manifest with a 'reference' path per label")] = None,
+    boxcox: Annotated[str, typer.Option(help="R_onsite transform of the local model: fit | none | a λ (paper 0.074)")
+                      ] = "fit",
+    seed: SeedOpt = 0,
+) -> None:
+    """Trends, random-forest models, screening and an HTML report of a campaign's results."""
+    _quiet()
+    from tdphonon import campaign as cmp
+    from tdphonon.analysis.report import analyze as run_analysis
+
+    lam: float | str | None = None if boxcox == "none" else boxcox
+    if lam not in (None, "fit"):
+        try:
+            lam = float(lam)
+        except ValueError as exc:
+            _fail(ValueError(f"--boxcox must be fit, none or a number, not {boxcox!r}: {exc}"))
+    try:
+        st = cmp.local_store(local) if local else cmp.load_store(store)
+        res = run_analysis(out, store=st, campaign=campaign, model=model, temperature=temperature,
+                           threshold=threshold, manifest=manifest, reference=reference, boxcox_lambda=lam, seed=seed)
+    except (TDPhononError, ValueError) as exc:
+        _fail(exc)
+    s = res.summary
+    console.print(f"{s['n_materials']} materials, {s['n_sites']} sites at {s['temperature']:g} K; "
+                  f"{s['n_outliers']} outliers; {s['n_candidates']} candidate sites (R_onsite >= {threshold:g})")
+    for name in ("global_model", "local_model"):
+        m = s[name]
+        console.print(f"{name}: " + (f"test R² {m['test_r2']:.3f}, top {', '.join(m['top_features_permutation'][:3])}"
+                                     if m.get("fitted") else f"not fitted ({m['reason']})"))
+    console.print(f"[green]report[/] {res.report_path}")
+
+
 # --------------------------------------------------------------------------------------------
 # fine-tuning
 # --------------------------------------------------------------------------------------------

@@ -47,3 +47,7 @@ class RelaxationError(TDPhononError):
 
 class SamplingError(TDPhononError):
     """Displacement sampling produced unphysical configurations (too close atoms, huge amplitudes)."""
+
+
+class FeatureDataError(TDPhononError):
+    """A data table that the matminer featurizers need (shipped with matminer) is missing or empty."""
