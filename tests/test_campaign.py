@@ -304,3 +304,19 @@ def test_cli_status_query_export(env, tmp_path):
     ph = phonopy.load(tmp_path / CAMPAIGN / "SrTiO3" / "phonopy_300K.yaml", log_level=0)
     assert ph.force_constants is not None and len(ph.supercell) == 40
     assert json.loads((tmp_path / CAMPAIGN / "Si" / "summary.json").read_text())["label"] == "Si"
+
+
+def test_cli_analyze_reads_the_mongodb_store(env, tmp_path):
+    """``tdphonon analyze`` on the MongoDB job store of the campaign (same code path as a cluster)."""
+    from typer.testing import CliRunner
+
+    from tdphonon.cli import app
+
+    res = CliRunner().invoke(app, ["analyze", "-s", str(env["jf_file"]), "-c", CAMPAIGN, "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "analysis.json").read_text())
+    assert summary["n_materials"] == 3 and summary["campaign"] == CAMPAIGN
+    assert not summary["global_model"]["fitted"]  # 3 materials: reported, not fitted
+    sites = (tmp_path / "sites.csv").read_text()
+    assert sites.count("SrTiO3") == 3  # Sr, Ti, O
+    assert "data:image/png;base64," in (tmp_path / "report.html").read_text()

@@ -1,0 +1,184 @@
+"""Self-consistent phonons (SCPH) from quartic IFCs: the first-order (loop) renormalisation.
+
+At temperature T the SCPH effective harmonic force constants solve
+
+    Φ(T) = Φ₂ + ½ Σ_{kl} Φ₄(i, j, k, l) ⟨u_k u_l⟩_{Φ(T), T}                         (1)
+
+(Tadano & Tsuneyuki, PRB 92, 054301 (2015): the quartic "loop" self-energy; the cubic bubble is not
+part of SCPH). The displacement covariance ⟨u uᵀ⟩ is built in **q-space**: from the eigenvectors of
+the dynamical matrices at the supercell's commensurate q-points with Bose–Einstein amplitudes
+(:func:`tdphonon.sampling.thermal_covariance`, the same Σ(T) the ML TDPH engine uses), so (1) is
+the q-space SCPH equation on that mesh. It is iterated with linear mixing until the commensurate
+frequencies change by less than ``tol_thz``.
+
+The quartic contraction ½ Φ₄ : Σ is a sparse linear map from Σ (3N × 3N) to ΔΦ (3N × 3N), built
+once from the IFCs (:class:`QuarticContraction`): hiPhive force constants (sorted clusters,
+expanded to every index permutation) or any explicit dictionary of 4-atom clusters.
+
+Closed form used by the tests: an on-site quartic term (λ/4) Σ_{iα} u_{iα}⁴ has Φ₄(iα,iα,iα,iα) = 6λ,
+so (1) reads Φ = Φ₂ + 3λ diag Σ(Φ).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from tdphonon.sampling import (
+    FCProjector,
+    ModeAmplitudePolicy,
+    commensurate_frequencies,
+    fc_to_matrix,
+    matrix_to_fc,
+    normal_modes,
+    thermal_covariance,
+)
+
+__all__ = ["QuarticContraction", "SCPHResult", "scph"]
+
+
+class QuarticContraction:
+    """The sparse linear map Σ ↦ ½ Φ₄ : Σ (both 3N × 3N, index 3i+α).
+
+    Parameters
+    ----------
+    n_atoms
+        Atoms in the supercell.
+    clusters
+        ``{(i, j, k, l): F}`` with F the (3, 3, 3, 3) block Φ₄(i,j,k,l) in eV/Å⁴ — every ordered
+        index tuple with a non-zero block (:meth:`from_sorted` expands hiPhive's sorted clusters).
+    """
+
+    def __init__(self, n_atoms: int, clusters: Mapping[tuple[int, int, int, int], np.ndarray]) -> None:
+        n3 = 3 * n_atoms
+        rows, cols, vals = [], [], []
+        a, b, c, d = np.meshgrid(*[np.arange(3)] * 4, indexing="ij")
+        a, b, c, d = (x.ravel() for x in (a, b, c, d))
+        for (i, j, k, l), f in clusters.items():
+            f = np.asarray(f, dtype=float)
+            rows.append((3 * i + a) * n3 + 3 * j + b)
+            cols.append((3 * k + c) * n3 + 3 * l + d)
+            vals.append(0.5 * f[a, b, c, d])
+        self.n_atoms = n_atoms
+        self.n_clusters = len(clusters)
+        shape = (n3 * n3, n3 * n3)
+        if rows:
+            self.matrix = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                                        shape=shape)
+        else:
+            self.matrix = sp.csr_matrix(shape)
+
+    @classmethod
+    def from_sorted(cls, n_atoms: int, sorted_clusters: Mapping[tuple[int, ...], np.ndarray]) -> QuarticContraction:
+        """From clusters stored once per sorted atom tuple (hiPhive ``SortedForceConstants``).
+
+        The block of a permuted tuple is the transposed block (hiPhive's convention); each distinct
+        permutation is added once.
+        """
+        full: dict[tuple[int, int, int, int], np.ndarray] = {}
+        for cl, f in sorted_clusters.items():
+            if len(cl) != 4:
+                continue
+            f = np.asarray(f, dtype=float)
+            for perm in set(itertools.permutations(range(4))):
+                key = tuple(cl[p] for p in perm)
+                if key not in full:
+                    full[key] = f.transpose(perm)
+        return cls(n_atoms, full)
+
+    @classmethod
+    def from_hiphive(cls, force_constants) -> QuarticContraction:
+        """From hiPhive ``ForceConstants`` of the supercell (order 4 used)."""
+        return cls.from_sorted(len(force_constants.supercell), force_constants.get_fc_dict(order=4))
+
+    @classmethod
+    def onsite(cls, n_atoms: int, lam: float) -> QuarticContraction:
+        """The on-site quartic model (λ/4) Σ u_{iα}⁴: Φ₄(iα,iα,iα,iα) = 6λ."""
+        clusters = {}
+        for i in range(n_atoms):
+            f = np.zeros((3, 3, 3, 3))
+            for al in range(3):
+                f[al, al, al, al] = 6.0 * lam
+            clusters[(i, i, i, i)] = f
+        return cls(n_atoms, clusters)
+
+    def __call__(self, covariance: np.ndarray) -> np.ndarray:
+        """ΔΦ = ½ Φ₄ : Σ as a (3N, 3N) matrix (eV/Å²) for Σ (3N, 3N) in Å²."""
+        n3 = 3 * self.n_atoms
+        return (self.matrix @ np.asarray(covariance, dtype=float).ravel()).reshape(n3, n3)
+
+
+@dataclass
+class SCPHResult:
+    """Outcome of :func:`scph` at one temperature."""
+
+    temperature: float
+    force_constants: np.ndarray = field(repr=False)
+    frequencies_thz: np.ndarray = field(repr=False)
+    harmonic_frequencies_thz: np.ndarray = field(repr=False)
+    converged: bool
+    n_iterations: int
+    max_change_thz: float
+    history: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "converged": self.converged, "n_iterations": self.n_iterations,
+                "max_change_thz": self.max_change_thz, "history_thz": self.history,
+                "min_frequency_thz": float(np.min(self.frequencies_thz))}
+
+
+def scph(supercell, primitive, fc2: np.ndarray, quartic: QuarticContraction, temperature: float,
+         mixing: float = 0.5, tol_thz: float = 1e-4, max_iterations: int = 200, quantum: bool = True,
+         projector: FCProjector | None = None, policy: ModeAmplitudePolicy | None = None,
+         initial: np.ndarray | None = None) -> SCPHResult:
+    """Solve the SCPH equation (1) at ``temperature`` by mixed fixed-point iteration.
+
+    Parameters
+    ----------
+    supercell, primitive
+        phonopy ``Supercell`` / ``Primitive`` (``phonon.supercell``, ``phonon.primitive``).
+    fc2
+        Harmonic IFCs Φ₂ (N, N, 3, 3), eV/Å².
+    quartic
+        :class:`QuarticContraction` of Φ₄ on the same supercell.
+    temperature
+        K.
+    mixing
+        Φ ← (1 − mixing) Φ + mixing · (Φ₂ + ½ Φ₄ : Σ(Φ)).
+    tol_thz, max_iterations
+        Convergence on the largest change of a commensurate frequency between iterations.
+    quantum
+        Bose–Einstein (default) or classical amplitudes.
+    projector
+        Optional symmetry / sum-rule projector applied to every update (e.g. :class:`FCProjector`).
+    policy
+        Imaginary / soft-mode treatment in Σ (default: :class:`ModeAmplitudePolicy`); imaginary
+        modes of the *converged* Φ(T) are reported through the frequencies (negative = imaginary).
+    initial
+        Warm start (e.g. the result at a neighbouring temperature).
+    """
+    phi2 = fc_to_matrix(np.asarray(fc2, dtype=float))
+    freq0 = commensurate_frequencies(supercell, primitive, np.asarray(fc2, dtype=float))[1]
+    fc = np.asarray(initial if initial is not None else fc2, dtype=float).copy()
+    freq = commensurate_frequencies(supercell, primitive, fc)[1]
+    history: list[float] = []
+    change = np.inf
+    for it in range(1, max_iterations + 1):
+        modes = normal_modes(supercell, fc, primitive)
+        cov = thermal_covariance(modes, temperature, quantum=quantum, policy=policy)
+        target = matrix_to_fc(phi2 + quartic(cov.matrix))
+        if projector is not None:
+            target = projector.project(target)
+        fc = (1.0 - mixing) * fc + mixing * target
+        new = commensurate_frequencies(supercell, primitive, fc)[1]
+        change = float(np.max(np.abs(new - freq)))
+        history.append(change)
+        freq = new
+        if change < tol_thz:
+            return SCPHResult(float(temperature), fc, freq, freq0, True, it, change, history)
+    return SCPHResult(float(temperature), fc, freq, freq0, False, max_iterations, change, history)

@@ -1,0 +1,159 @@
+"""Validation-branch physics: anharmonic IFC fitting (hiPhive) and q-space SCPH from quartic IFCs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from tdphonon.sampling import FCProjector, fc_to_matrix, matrix_to_fc
+from tdphonon.validation.ifc import fit_ifcs, shell_cutoffs
+from tdphonon.validation.scph import QuarticContraction, scph
+
+HBAR_EV_S = 6.582119569e-16
+KB_EV = 8.617333262e-5
+AMU_EV_S2_A2 = 1.66053906660e-27 / 1.602176634e-19 * 1e-20  # 1 amu in eV s²/Å²
+
+
+def _emt_phonon(supercell=(2, 2, 2)):
+    """Cu (fcc, EMT) conventional cell: phonopy object with symmetrised Φ₂ and its projector."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True)
+    unit = PhonopyAtoms(symbols=cu.get_chemical_symbols(), cell=cu.cell[:], scaled_positions=cu.get_scaled_positions())
+    ph = Phonopy(unit, supercell_matrix=np.diag(supercell), primitive_matrix="auto", log_level=0)
+    ph.generate_displacements(distance=0.01)
+    forces = []
+    for sc in ph.supercells_with_displacements:
+        a = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+        a.calc = EMT()
+        forces.append(a.get_forces())
+    ph.forces = np.array(forces)
+    ph.produce_force_constants()
+    proj = FCProjector.from_phonopy(ph)
+    fc0 = proj.project(ph.force_constants)
+    ph.force_constants = np.ascontiguousarray(fc0)
+    return ph, proj, fc0
+
+
+def _gamma_covariance(fc: np.ndarray, masses: np.ndarray, temperature: float) -> np.ndarray:
+    """Σ(T) from the supercell Γ modes by a plain eigendecomposition (independent of tdphonon.sampling).
+
+    The three zero modes (uniform translations) are removed.
+    """
+    m = np.repeat(masses, 3)
+    d = fc_to_matrix(fc) / np.sqrt(np.outer(m, m))  # eV/Å²/amu
+    w2, e = np.linalg.eigh(0.5 * (d + d.T))
+    keep = np.argsort(np.abs(w2))[3:]
+    w = np.sqrt(w2[keep] / AMU_EV_S2_A2)  # rad/s
+    x = HBAR_EV_S * w / (2 * KB_EV * temperature)
+    amp2 = HBAR_EV_S / (2 * w) / np.tanh(x) / AMU_EV_S2_A2  # ⟨Q²⟩ in amu Å²
+    v = e[:, keep] / np.sqrt(m)[:, None]
+    return (v * amp2) @ v.T
+
+
+# --------------------------------------------------------------------------------------------
+# SCPH
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("project", [False, True])
+def test_scph_onsite_quartic_solves_the_closed_form(project):
+    """Φ₄ = 6λ on site ⇒ SCPH must solve Φ = Φ₂ + 3λ diag Σ(Φ) (projected onto the sum-rule subspace if asked)."""
+    ph, proj, fc0 = _emt_phonon()
+    lam, t = 40.0, 300.0
+    res = scph(ph.supercell, ph.primitive, fc0, QuarticContraction.onsite(len(ph.supercell), lam), t,
+               mixing=0.6, tol_thz=1e-7, projector=proj if project else None)
+    assert res.converged and res.n_iterations < 100
+    # fixed-point residual with Σ from an independent supercell-Γ eigendecomposition
+    cov = _gamma_covariance(res.force_constants, ph.supercell.masses, t) if project else None
+    if project:
+        target = proj.project(fc0 + 3 * lam * matrix_to_fc(np.diag(np.diag(cov))))
+        assert np.abs(res.force_constants - target).max() < 1e-6
+        assert np.abs(res.force_constants.sum(axis=1)).max() < 1e-9  # sum rule kept
+    else:  # unprojected: translations are not zero modes any more; check through tdphonon's own Σ
+        from tdphonon.sampling import normal_modes, thermal_covariance
+
+        c = thermal_covariance(normal_modes(ph.supercell, res.force_constants, ph.primitive), t).matrix
+        target = fc0 + 3 * lam * matrix_to_fc(np.diag(np.diag(c)))
+        assert np.abs(res.force_constants - target).max() < 1e-6
+    # the quartic term stiffens: every optical/acoustic frequency goes up, on-site Φ by 3λ⟨u²⟩
+    assert (res.frequencies_thz[0, 3:] > res.harmonic_frequencies_thz[0, 3:]).all()
+    assert np.all(res.frequencies_thz.max() > res.harmonic_frequencies_thz.max())
+
+
+def test_scph_zero_quartic_and_temperature_trend():
+    ph, _, fc0 = _emt_phonon()
+    none = scph(ph.supercell, ph.primitive, fc0, QuarticContraction.onsite(len(ph.supercell), 0.0), 300.0)
+    assert none.converged and np.abs(none.force_constants - fc0).max() == 0.0
+    q = QuarticContraction.onsite(len(ph.supercell), 20.0)
+    lo = scph(ph.supercell, ph.primitive, fc0, q, 100.0, tol_thz=1e-6)
+    hi = scph(ph.supercell, ph.primitive, fc0, q, 600.0, tol_thz=1e-6, initial=lo.force_constants)
+    assert hi.frequencies_thz.max() > lo.frequencies_thz.max() > none.frequencies_thz.max()
+
+
+def test_quartic_contraction_expands_sorted_clusters():
+    """from_sorted (hiPhive storage) equals the dense contraction with the fully symmetric Φ₄."""
+    rng = np.random.default_rng(0)
+    n = 3
+    dense = np.zeros((n, n, n, n, 3, 3, 3, 3))
+    sorted_clusters = {}
+    import itertools
+
+    for cl in [(0, 0, 0, 0), (0, 0, 1, 2), (0, 1, 1, 1), (1, 1, 2, 2), (0, 1, 2, 2)]:
+        f = rng.normal(size=(3, 3, 3, 3))
+        f = sum(f.transpose(p) for p in itertools.permutations(range(4))) / 24  # Φ₄ symmetric in (atom, α) pairs
+        sorted_clusters[cl] = f
+        for p in set(itertools.permutations(range(4))):
+            key = tuple(cl[i] for i in p)
+            dense[key] = f.transpose(p)
+    s = rng.normal(size=(3 * n, 3 * n))
+    s = s @ s.T
+    want = 0.5 * np.einsum("ijklabcd,kcld->iajb", dense, s.reshape(n, 3, n, 3)).reshape(3 * n, 3 * n)
+    got = QuarticContraction.from_sorted(n, sorted_clusters)(s)
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# IFC fitting
+# --------------------------------------------------------------------------------------------
+def test_shell_cutoffs_rocksalt():
+    nacl = bulk("NaCl", "rocksalt", a=5.64)
+    c = shell_cutoffs(nacl, {2: 1, 3: 2, 4: 3})
+    d1, d2, d3, d4 = 5.64 / 2, 5.64 / np.sqrt(2), 5.64 * np.sqrt(3) / 2, 5.64
+    np.testing.assert_allclose(c, [(d1 + d2) / 2, (d2 + d3) / 2, (d3 + d4) / 2])
+    with pytest.raises(ValueError, match="shells"):
+        shell_cutoffs(nacl, {2: 0})
+
+
+def test_fit_recovers_known_anharmonic_ifcs():
+    """Forces of a 2nd+3rd+4th-order Taylor potential with known IFCs are fitted back exactly."""
+    from hiphive import ClusterSpace, ForceConstantPotential
+    from hiphive.calculators import ForceConstantCalculator
+
+    prim = bulk("NaCl", "rocksalt", a=5.64)
+    ideal = prim.repeat(3)
+    shells = {2: 2, 3: 1, 4: 1}
+    cs = ClusterSpace(prim, shell_cutoffs(prim, shells))
+    rng = np.random.default_rng(3)
+    true = rng.normal(scale=0.5, size=cs.n_dofs)
+    fcs = ForceConstantPotential(cs, true).get_force_constants(ideal)
+    calc = ForceConstantCalculator(fcs)
+    structures, forces = [], []
+    for _ in range(8):
+        a = ideal.copy()
+        a.positions += rng.normal(scale=0.05, size=a.positions.shape)
+        a.calc = calc
+        forces.append(a.get_forces().copy())
+        a.calc = None
+        structures.append(a)
+    fit = fit_ifcs(prim, structures, forces, ideal, shells=shells, cv_splits=4)
+    np.testing.assert_allclose(fit.parameters, true, atol=1e-8)
+    assert fit.rmse_train < 1e-8 and fit.cv_rmse < 1e-8 and fit.n_parameters == cs.n_dofs
+    np.testing.assert_allclose(fit.fc2(ideal), fcs.get_fc_array(order=2), atol=1e-8)
+    # its quartic part plugs straight into SCPH
+    q = QuarticContraction.from_hiphive(fit.force_constants(ideal))
+    assert q.n_clusters > 0 and q.n_atoms == len(ideal)
+    with pytest.raises(ValueError, match="either cutoffs"):
+        fit_ifcs(prim, structures, forces, ideal)
