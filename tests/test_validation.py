@@ -157,3 +157,53 @@ def test_fit_recovers_known_anharmonic_ifcs():
     assert q.n_clusters > 0 and q.n_atoms == len(ideal)
     with pytest.raises(ValueError, match="either cutoffs"):
         fit_ifcs(prim, structures, forces, ideal)
+
+
+# --------------------------------------------------------------------------------------------
+# κ_L (phono3py RTA)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cu_ifcs():
+    """EMT Cu: 2nd+3rd-order IFCs fitted (hiPhive) on phono3py's own 3x3x3 supercell of the primitive cell."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+    from phono3py import Phono3py
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    prim = bulk("Cu", "fcc", a=3.61)
+    unit = PhonopyAtoms(symbols=["Cu"], cell=prim.cell[:], scaled_positions=prim.get_scaled_positions())
+    ph3 = Phono3py(unit, supercell_matrix=np.diag([3, 3, 3]), primitive_matrix="P", log_level=0)
+    sc = ph3.supercell
+    ideal = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+    rng = np.random.default_rng(0)
+    structures, forces = [], []
+    for _ in range(12):
+        a = ideal.copy()
+        a.positions += rng.normal(scale=0.04, size=a.positions.shape)
+        a.calc = EMT()
+        forces.append(a.get_forces().copy())
+        a.calc = None
+        structures.append(a)
+    fit = fit_ifcs(prim, structures, forces, ideal, cutoffs=[3.0, 3.0], cv_splits=0)  # nearest neighbours
+    fcs = fit.force_constants(ideal)
+    return unit, fcs.get_fc_array(order=2), fcs.get_fc_array(order=3), fit
+
+
+def test_kappa_rta_scales_with_cubic_ifcs_and_temperature(cu_ifcs):
+    from tdphonon.validation.kappa import kappa_rta
+
+    unit, fc2, fc3, fit = cu_ifcs
+    assert fit.rmse_test < 0.05  # EMT forces are well described by 2nd+3rd order at 0.04 Å
+    base = kappa_rta(unit, np.diag([3, 3, 3]), "P", fc2, fc3, [6, 6, 6], [300.0, 600.0])
+    k = base.kappa_average
+    assert np.all(k > 0) and np.all(np.isfinite(k))
+    np.testing.assert_allclose(base.kappa[:, 0], base.kappa[:, 1], rtol=1e-8)  # cubic: isotropic
+    assert np.abs(base.kappa[:, 3:]).max() < 1e-8 * k.max()
+    # RTA: γ ∝ |Φ₃|² exactly, so doubling Φ₃ quarters κ at fixed Φ₂
+    double = kappa_rta(unit, np.diag([3, 3, 3]), "P", fc2, 2 * fc3, [6, 6, 6], [300.0, 600.0])
+    np.testing.assert_allclose(double.gamma_thz, 4 * base.gamma_thz, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(double.kappa_average, base.kappa_average / 4, rtol=1e-8)
+    # high-T three-phonon scattering: γ ∝ T, so κ(600 K) ≈ κ(300 K) / 2 (EMT Cu: Θ_D ≈ 300 K)
+    assert 0.4 < k[1] / k[0] < 0.6
+    with pytest.raises(ValueError, match="do not match"):
+        kappa_rta(unit, np.diag([2, 2, 2]), "P", fc2, fc3, [4, 4, 4], [300.0])
