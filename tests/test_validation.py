@@ -207,3 +207,37 @@ def test_kappa_rta_scales_with_cubic_ifcs_and_temperature(cu_ifcs):
     assert 0.4 < k[1] / k[0] < 0.6
     with pytest.raises(ValueError, match="do not match"):
         kappa_rta(unit, np.diag([2, 2, 2]), "P", fc2, fc3, [4, 4, 4], [300.0])
+
+
+# --------------------------------------------------------------------------------------------
+# the chain end to end with a cheap real reference calculator (EMT)
+# --------------------------------------------------------------------------------------------
+def test_validation_chain_end_to_end_with_emt():
+    import json
+
+    from pymatgen.core import Structure
+
+    from tdphonon.validation.calculators import reference_potential
+    from tdphonon.validation.pipeline import ValidationSettings, run_validation
+
+    cu = Structure.from_spacegroup("Fm-3m", [[3.6, 0, 0], [0, 3.6, 0], [0, 0, 3.6]], ["Cu"], [[0, 0, 0]])
+    settings = ValidationSettings(supercell_matrix=((-2, 2, 2), (2, -2, 2), (2, 2, -2)), n_configurations=12,
+                                  shells=((2, 1), (3, 1), (4, 1)), temperatures=(300.0, 900.0),
+                                  kappa_mesh=(6, 6, 6), kappa_convergence_meshes=((4, 4, 4), (6, 6, 6)))
+    res = run_validation(cu.get_primitive_structure(), reference_potential("emt"), settings, label="Cu")
+    s = json.loads(json.dumps(res.summary()))  # serialisable
+    assert s["calculator"]["name"] == "ASE-EMT" and s["force_calls"] > 12
+    assert s["fit"]["rmse_test"] < 0.02 and s["fit"]["cv_rmse"] < 0.02
+    assert all(v["converged"] for v in s["scph"].values())
+    # EMT Cu stiffens with T in SCPH (positive quartic on-site terms), more at 900 K
+    x_h = max(s["named_frequencies"]["harmonic"]["X"])
+    assert x_h < max(s["named_frequencies"]["300K"]["X"]) < max(s["named_frequencies"]["900K"]["X"])
+    assert 0 < s["r_onsite_max"]["300"] < s["r_onsite_max"]["900"]
+    ha, sc = s["kappa_ha_3ph"]["kappa_average_wmk"], s["kappa_scph_3ph"]["kappa_average_wmk"]
+    assert all(k > 0 for k in ha + sc) and ha[1] < ha[0]
+    assert s["kappa_convergence"]["relative_change_last"] is not None
+    # the same chain with an unknown calculator spec fails clearly
+    from tdphonon.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        reference_potential("gpaw:{broken")

@@ -30,8 +30,12 @@ from tdphonon.renormalize import RenormalizationResult, TDPHSettings, renormaliz
 
 def named_qpoints(props: PhononProperties) -> dict[str, list[float]]:
     """High-symmetry points of the band path, by label (e.g. Γ, X, M, R for a cubic perovskite)."""
+    return band_named_qpoints(props.band)
+
+
+def band_named_qpoints(band) -> dict[str, list[float]]:
+    """High-symmetry points of a :class:`~tdphonon.harmonic.BandStructure`, by label."""
     out: dict[str, list[float]] = {}
-    band = props.band
     labels = [lab.replace("$", "").replace("\\mathrm{", "").replace("}", "").replace("\\Gamma", "Gamma")
               for lab in band.labels]
     ends = []

@@ -1,0 +1,264 @@
+"""The validation chain for one material, as pure functions over a reference calculator.
+
+relax → harmonic phonons (phonopy finite displacements) → displaced configurations (thermal from
+Φ₂ at ``sampling_temperature``, or fixed-amplitude rattles) → 3rd/4th-order IFCs fitted to the
+anharmonic part of the forces (hiPhive, cutoffs as neighbour shells) → SCPH at each T (scanned from
+high to low with warm starts) → κ_L with phono3py for HA+3ph and SCPH+3ph.
+
+The *reference calculator* is any :class:`tdphonon.potentials.Potential`: a DFT code through ASE
+(:func:`tdphonon.validation.calculators.reference_potential`: Quantum ESPRESSO, GPAW), an MLIP or
+an analytic potential (tests). In a FireWorks campaign the same steps run as jobs of
+:class:`tdphonon.validation.flows.ValidationMaker`.
+
+Harmonic part: Φ₂ from finite displacements, symmetrised (symfc projector). Anharmonic part: the
+fit sees the residual forces F − (−Φ₂u); its 2nd-order term (cutoff: ``shells[2]`` neighbour
+shells) absorbs what Φ₂ misses at finite amplitude and is added to Φ₂ for SCPH and κ
+(``use_fitted_fc2_correction``).
+
+Units: Å, eV, THz, K; κ in W m⁻¹ K⁻¹.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Structure
+
+from tdphonon.errors import TDPhononError
+
+__all__ = ["ValidationResult", "ValidationSettings", "fit_anharmonic", "run_validation", "sample_configurations"]
+
+
+@dataclass(frozen=True)
+class ValidationSettings:
+    """Settings of the validation chain (recorded with every result).
+
+    Attributes
+    ----------
+    relax
+        Relax cell and positions with the reference calculator (space group fixed).
+    supercell_matrix, min_length, max_atoms
+        Supercell (explicit, or the automatic choice of :func:`tdphonon.harmonic.choose_supercell_matrix`).
+    displacement
+        Finite-displacement amplitude of the harmonic step (Å).
+    n_configurations
+        Displaced configurations for the anharmonic fit (the SrTiO3 DFT set has 40).
+    sampling
+        ``"thermal"`` (quantum Σ(T) of Φ₂ at ``sampling_temperature``, imaginary modes by |ν|) or
+        ``"rattle"`` (Gaussian rattles of ``rattle_amplitude`` Å rms per Cartesian component).
+    shells
+        Neighbour shells per order for the fit: the paper's 3rd order up to the 4th shell, 4th order
+        up to the 2nd; order 2 is the finite-amplitude correction to Φ₂.
+    fit_method
+        trainstation method (``least-squares``, ``lasso``, ...).
+    temperatures
+        K, for SCPH and κ.
+    scph_mixing, scph_tol_thz, scph_max_iterations
+        SCPH iteration.
+    kappa_mesh, kappa_convergence_meshes
+        q-mesh of κ and the meshes of the convergence check (the last one should equal ``kappa_mesh``).
+    seed
+        Sampling seed.
+    """
+
+    relax: bool = True
+    supercell_matrix: tuple | None = None
+    min_length: float = 8.0
+    max_atoms: int = 160
+    displacement: float = 0.01
+    n_configurations: int = 40
+    sampling: str = "thermal"
+    sampling_temperature: float = 300.0
+    rattle_amplitude: float = 0.03
+    shells: tuple[tuple[int, int], ...] = ((2, 1), (3, 4), (4, 2))
+    fit_method: str = "least-squares"
+    use_fitted_fc2_correction: bool = True
+    temperatures: tuple[float, ...] = (100.0, 300.0, 600.0)
+    scph_mixing: float = 0.5
+    scph_tol_thz: float = 1e-3
+    scph_max_iterations: int = 300
+    kappa_mesh: tuple[int, int, int] = (10, 10, 10)
+    kappa_convergence_meshes: tuple[tuple[int, int, int], ...] = ((6, 6, 6), (8, 8, 8), (10, 10, 10))
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shells"] = {str(k): v for k, v in self.shells}
+        return d
+
+
+@dataclass
+class ValidationResult:
+    """Everything the comparison document needs (arrays kept for κ and plots)."""
+
+    label: str
+    structure: Structure
+    supercell_matrix: np.ndarray
+    fc2: np.ndarray = field(repr=False)
+    fc2_temperature: dict[float, np.ndarray] = field(repr=False, default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+    scph: dict[float, dict[str, Any]] = field(default_factory=dict)
+    named_qpoints: dict[str, list[float]] = field(default_factory=dict)
+    named_frequencies: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    kappa_ha: dict[str, Any] = field(default_factory=dict)
+    kappa_scph: dict[str, Any] = field(default_factory=dict)
+    kappa_convergence: dict[str, Any] = field(default_factory=dict)
+    gamma: dict[str, Any] = field(default_factory=dict, repr=False)
+    r_onsite: dict[float, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    calculator: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    force_calls: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-serialisable summary (no force-constant arrays)."""
+        return {"label": self.label, "formula": self.structure.composition.reduced_formula,
+                "supercell_matrix": np.asarray(self.supercell_matrix).tolist(), "fit": self.fit,
+                "scph": {f"{t:g}": v for t, v in self.scph.items()}, "named_qpoints": self.named_qpoints,
+                "named_frequencies": self.named_frequencies,
+                "kappa_ha_3ph": self.kappa_ha, "kappa_scph_3ph": self.kappa_scph,
+                "kappa_convergence": self.kappa_convergence,
+                "r_onsite_max": {f"{t:g}": v for t, v in self.r_onsite.items()}, "settings": self.settings,
+                "calculator": self.calculator, "timings": self.timings, "force_calls": self.force_calls}
+
+
+def sample_configurations(phonon, fc2: np.ndarray, settings: ValidationSettings, label: str = "material"):
+    """Displaced supercells (ASE) for the anharmonic fit and their displacements (n, N, 3)."""
+    from tdphonon.sampling import normal_modes, sample_displacements, supercell_to_ase, thermal_covariance
+
+    ref = supercell_to_ase(phonon.supercell)
+    if settings.sampling == "thermal":
+        cov = thermal_covariance(normal_modes(phonon.supercell, fc2, phonon.primitive), settings.sampling_temperature)
+        s = sample_displacements(cov, ref, settings.n_configurations, seed=settings.seed, cap_mode="clip",
+                                 label=label)
+        disp = np.asarray(s.displacements)
+    elif settings.sampling == "rattle":
+        rng = np.random.default_rng(settings.seed)
+        disp = rng.normal(scale=settings.rattle_amplitude, size=(settings.n_configurations, len(ref), 3))
+        disp -= disp.mean(axis=1, keepdims=True)
+    else:
+        raise ValueError(f"sampling must be 'thermal' or 'rattle', not {settings.sampling!r}")
+    atoms = []
+    for u in disp:
+        a = ref.copy()
+        a.positions += u
+        atoms.append(a)
+    return ref, atoms, disp
+
+
+def fit_anharmonic(prim_atoms, ideal, configurations, forces: np.ndarray, displacements: np.ndarray,
+                   fc2: np.ndarray, settings: ValidationSettings):
+    """hiPhive fit of the residual forces F + Φ₂u with the neighbour-shell cutoffs of ``settings``."""
+    from tdphonon.sampling import fc_to_matrix
+    from tdphonon.validation.ifc import fit_ifcs
+
+    n = len(ideal)
+    harm = -(displacements.reshape(len(displacements), -1) @ fc_to_matrix(fc2).T).reshape(len(displacements), n, 3)
+    residual = np.asarray(forces) - harm
+    return fit_ifcs(prim_atoms, configurations, list(residual), ideal, shells=dict(settings.shells),
+                    method=settings.fit_method, cv_splits=5 if len(configurations) >= 10 else 0, seed=settings.seed)
+
+
+def _named(phonon, fc: np.ndarray, qpoints: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+    """Frequencies (THz) of Φ at the named q-points."""
+    from tdphonon.harmonic import frequencies_at
+    from tdphonon.renormalize import phonopy_with_force_constants
+
+    ph = phonopy_with_force_constants(phonon, fc)
+    freqs = frequencies_at(ph, np.asarray(list(qpoints.values()), dtype=float))
+    return {name: [float(x) for x in f] for name, f in zip(qpoints, freqs, strict=True)}
+
+
+def run_validation(structure: Structure, potential, settings: ValidationSettings | None = None,
+                   label: str | None = None) -> ValidationResult:
+    """The whole chain for one material with the reference ``potential`` (see the module docstring)."""
+    from tdphonon.harmonic import choose_supercell_matrix, compute_force_constants, make_phonopy, relax_structure
+    from tdphonon.metrics import r_onsite
+    from tdphonon.sampling import FCProjector
+    from tdphonon.structures import phonopy_atoms_to_ase
+    from tdphonon.validation.kappa import kappa_rta, mesh_convergence
+    from tdphonon.validation.scph import QuarticContraction, scph
+
+    s = settings or ValidationSettings()
+    label = label or structure.composition.reduced_formula
+    timings: dict[str, float] = {}
+    calls = 0
+    t0 = time.perf_counter()
+    if s.relax:
+        structure, _ = relax_structure(structure, potential, label=label)
+    timings["relax"] = time.perf_counter() - t0
+    scm = np.asarray(s.supercell_matrix if s.supercell_matrix is not None
+                     else choose_supercell_matrix(structure, s.min_length, s.max_atoms), dtype=int)
+    if scm.shape == (3,):
+        scm = np.diag(scm)
+    phonon = make_phonopy(structure, scm, "auto")
+    t0 = time.perf_counter()
+    stats = compute_force_constants(phonon, potential, displacement=s.displacement, label=label)
+    proj = FCProjector.from_phonopy(phonon)
+    fc_fd = proj.project(phonon.force_constants)
+    calls += int(stats.get("force_calls", 0))
+    timings["harmonic"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ideal, configs, disp = sample_configurations(phonon, fc_fd, s, label)
+    forces = potential.forces(configs, labels=[f"{label} configuration {i}" for i in range(len(configs))])
+    calls += len(configs)
+    timings["configurations"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    prim_atoms = phonopy_atoms_to_ase(phonon.primitive)
+    fit = fit_anharmonic(prim_atoms, ideal, configs, np.asarray(forces), disp, fc_fd, s)
+    fcs = fit.force_constants(ideal)
+    fc2 = fc_fd + (proj.project(fcs.get_fc_array(order=2)) if s.use_fitted_fc2_correction else 0.0)
+    fc3 = fcs.get_fc_array(order=3)
+    quartic = QuarticContraction.from_hiphive(fcs)
+    timings["fit"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    res = ValidationResult(label=label, structure=structure, supercell_matrix=scm, fc2=fc2,
+                           fit=fit.to_dict(), settings=s.to_dict(), calculator=potential.identity.to_dict(),
+                           force_calls=calls)
+    from tdphonon.harmonic import band_structure
+    from tdphonon.pipeline import band_named_qpoints
+    from tdphonon.renormalize import phonopy_with_force_constants
+
+    qnamed = band_named_qpoints(band_structure(phonopy_with_force_constants(phonon, fc2), npoints=3))
+    res.named_qpoints = qnamed
+    res.named_frequencies["harmonic"] = _named(phonon, fc2, qnamed)
+    warm = None
+    for t in sorted(s.temperatures, reverse=True):
+        r = scph(phonon.supercell, phonon.primitive, fc2, quartic, t, mixing=s.scph_mixing, tol_thz=s.scph_tol_thz,
+                 max_iterations=s.scph_max_iterations, projector=proj, initial=warm)
+        warm = r.force_constants
+        res.fc2_temperature[float(t)] = r.force_constants
+        res.scph[float(t)] = r.to_dict()
+        res.named_frequencies[f"{t:g}K"] = _named(phonon, r.force_constants, qnamed)
+        res.r_onsite[float(t)] = float(np.max(r_onsite(r.force_constants, fc2)))
+    timings["scph"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    unit = phonon.unitcell
+    temps = sorted(s.temperatures)
+    ha = kappa_rta(unit, scm, phonon.primitive_matrix, fc2, fc3, s.kappa_mesh, temps)
+    res.kappa_ha = ha.to_dict()
+    res.gamma["ha"] = {"frequencies_thz": ha.frequencies_thz, "gamma_thz": ha.gamma_thz, "weights": ha.weights}
+    k_sc, g_sc = [], []
+    for t in temps:
+        kt = kappa_rta(unit, scm, phonon.primitive_matrix, res.fc2_temperature[float(t)], fc3, s.kappa_mesh, [t])
+        k_sc.append(kt.kappa[0].tolist())
+        g_sc.append({"frequencies_thz": kt.frequencies_thz, "gamma_thz": kt.gamma_thz[0]})
+    res.kappa_scph = {"temperatures": temps, "mesh": list(ha.mesh), "kappa_wmk": k_sc,
+                      "kappa_average_wmk": [float(np.mean(k[:3])) for k in k_sc]}
+    res.gamma["scph"] = dict(zip([f"{t:g}" for t in temps], g_sc, strict=True))
+    if s.kappa_convergence_meshes and len(s.kappa_convergence_meshes) > 1:
+        t_mid = temps[len(temps) // 2]
+        res.kappa_convergence = mesh_convergence(unit, scm, phonon.primitive_matrix, fc2, fc3,
+                                                 s.kappa_convergence_meshes, t_mid)
+    timings["kappa"] = time.perf_counter() - t0
+    res.timings = timings
+    if not all(np.isfinite(res.kappa_ha["kappa_average_wmk"])):
+        raise TDPhononError(label, "κ_L is not finite (imaginary harmonic modes?)")
+    return res
