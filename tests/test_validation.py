@@ -241,3 +241,48 @@ def test_validation_chain_end_to_end_with_emt():
 
     with pytest.raises(ModelLoadError, match="not valid JSON"):
         reference_potential("gpaw:{broken")
+
+
+# --------------------------------------------------------------------------------------------
+# the branch as jobflow jobs, compared with an ML TDPH result of the same material
+# --------------------------------------------------------------------------------------------
+CU_SETTINGS = {"supercell_matrix": [[-2, 2, 2], [2, -2, 2], [2, 2, -2]], "n_configurations": 12,
+               "shells": {"2": 1, "3": 1, "4": 1}, "temperatures": [300.0], "kappa_mesh": [6, 6, 6],
+               "kappa_convergence_meshes": [[4, 4, 4], [6, 6, 6]]}
+
+
+@pytest.mark.mlip
+def test_validation_flow_runs_and_compares_with_ml(chgnet, tmp_path):
+    from jobflow import run_locally
+    from pymatgen.core import Structure
+
+    from tdphonon import campaign as cmp
+    from tdphonon.flows import TDPhononMaker
+    from tdphonon.validation.flows import ValidationMaker
+
+    cu = Structure.from_spacegroup("Fm-3m", [[3.6, 0, 0], [0, 3.6, 0], [0, 0, 3.6]], ["Cu"],
+                                   [[0, 0, 0]]).get_primitive_structure()
+    store = cmp.local_store(tmp_path / "store")
+    ml = TDPhononMaker(model="chgnet", temperatures=(300.0,), campaign="ml", device="cpu",
+                       harmonic_settings={"relax": False, "supercell_matrix": [[-2, 2, 2], [2, -2, 2], [2, 2, -2]]},
+                       tdph_settings={"n_configurations": 8, "estimator": "force_fit"})
+    run_locally(ml.make(cu, "Cu"), store=store, create_folders=False, raise_immediately=True, log=False)
+    ml_doc = cmp.query(store, campaign="ml")[0]
+    maker = ValidationMaker(calculator="emt", settings=CU_SETTINGS, campaign="val")
+    flow = maker.make(cu, "Cu", ml_doc=ml_doc)
+    cats = {j.name: j.config.manager_config.get("_category") for j in flow.jobs}
+    assert cats == {"Cu reference harmonic": "tdphonon-dft", "Cu reference forces": "tdphonon-dft",
+                    "Cu configurations": "tdphonon-cpu", "Cu anharmonic": "tdphonon-cpu"}
+    out = run_locally(flow, store=store, create_folders=False, raise_immediately=True, log=False)
+    doc = out[flow.jobs[-1].uuid][1].output
+    comp = doc["comparison"]
+    assert comp["ml"]["model"] == "CHGNet-0.3.0" and comp["reference"]["calculator"] == "ASE-EMT"
+    rows = {r["point"]: r for r in comp["frequencies"]}
+    assert {"Gamma", "X", "L"} <= set(rows)
+    x = rows["X"]
+    assert len(x["ml_shift_thz"]) == len(x["ref_shift_thz"]) == 3 and "shift_difference_thz" in x
+    assert comp["r_onsite_max"][0]["ml_tdph"] > 0 and comp["r_onsite_max"][0]["ref_scph"] > 0
+    assert comp["kappa_l"][0]["ha_3ph_wmk"] > 0 and comp["kappa_l"][0]["scph_3ph_wmk"] > 0
+    # arrays went to the data store, the document stays small
+    stored = store.query_one({"uuid": flow.jobs[-1].uuid}, load=False)
+    assert "blob_uuid" in str(stored["output"]["force_constants"])

@@ -30,7 +30,17 @@ from pymatgen.core import Structure
 
 from tdphonon.errors import TDPhononError
 
-__all__ = ["ValidationResult", "ValidationSettings", "fit_anharmonic", "run_validation", "sample_configurations"]
+__all__ = [
+    "ValidationResult",
+    "ValidationSettings",
+    "anharmonic_step",
+    "configurations_step",
+    "fit_anharmonic",
+    "forces_step",
+    "harmonic_step",
+    "run_validation",
+    "sample_configurations",
+]
 
 
 @dataclass(frozen=True)
@@ -173,24 +183,21 @@ def _named(phonon, fc: np.ndarray, qpoints: Mapping[str, Sequence[float]]) -> di
     return {name: [float(x) for x in f] for name, f in zip(qpoints, freqs, strict=True)}
 
 
-def run_validation(structure: Structure, potential, settings: ValidationSettings | None = None,
-                   label: str | None = None) -> ValidationResult:
-    """The whole chain for one material with the reference ``potential`` (see the module docstring)."""
-    from tdphonon.harmonic import choose_supercell_matrix, compute_force_constants, make_phonopy, relax_structure
-    from tdphonon.metrics import r_onsite
-    from tdphonon.sampling import FCProjector
-    from tdphonon.structures import phonopy_atoms_to_ase
-    from tdphonon.validation.kappa import kappa_rta, mesh_convergence
-    from tdphonon.validation.scph import QuarticContraction, scph
+def harmonic_step(structure: Structure, potential, settings: ValidationSettings, label: str) -> dict[str, Any]:
+    """Relax (optional) and finite-displacement Φ₂ (symmetrised) with the reference calculator.
 
-    s = settings or ValidationSettings()
-    label = label or structure.composition.reduced_formula
-    timings: dict[str, float] = {}
-    calls = 0
+    Returns a JSON-able dict: ``structure`` (as_dict), ``supercell_matrix``, ``primitive_matrix``,
+    ``force_constants`` (N, N, 3, 3), ``force_calls``, ``timings``, ``calculator`` (identity).
+    """
+    from tdphonon.harmonic import choose_supercell_matrix, compute_force_constants, make_phonopy, relax_structure
+    from tdphonon.sampling import FCProjector
+
+    s = settings
     t0 = time.perf_counter()
+    relax_report = None
     if s.relax:
-        structure, _ = relax_structure(structure, potential, label=label)
-    timings["relax"] = time.perf_counter() - t0
+        structure, relax_report = relax_structure(structure, potential, label=label)
+    t_relax = time.perf_counter() - t0
     scm = np.asarray(s.supercell_matrix if s.supercell_matrix is not None
                      else choose_supercell_matrix(structure, s.min_length, s.max_atoms), dtype=int)
     if scm.shape == (3,):
@@ -198,19 +205,78 @@ def run_validation(structure: Structure, potential, settings: ValidationSettings
     phonon = make_phonopy(structure, scm, "auto")
     t0 = time.perf_counter()
     stats = compute_force_constants(phonon, potential, displacement=s.displacement, label=label)
-    proj = FCProjector.from_phonopy(phonon)
-    fc_fd = proj.project(phonon.force_constants)
-    calls += int(stats.get("force_calls", 0))
-    timings["harmonic"] = time.perf_counter() - t0
+    fc = FCProjector.from_phonopy(phonon).project(phonon.force_constants)
+    return {"label": label, "structure": structure.as_dict(), "supercell_matrix": scm.tolist(),
+            "primitive_matrix": np.asarray(phonon.primitive_matrix, dtype=float).tolist(), "force_constants": fc,
+            "force_calls": int(stats.get("force_calls", 0)), "calculator": potential.identity.to_dict(),
+            "relax": asdict(relax_report) if relax_report is not None else None,
+            "timings": {"relax": t_relax, "harmonic": time.perf_counter() - t0}}
 
+
+def _structure(s: Structure | Mapping[str, Any]) -> Structure:
+    """A Structure from a Structure or its dict (jobflow deserialises MSON dicts into objects)."""
+    return s if isinstance(s, Structure) else Structure.from_dict(s)
+
+
+def _phonon(harmonic: Mapping[str, Any], fc: np.ndarray | None = None):
+    from tdphonon.harmonic import make_phonopy
+
+    ph = make_phonopy(_structure(harmonic["structure"]), np.asarray(harmonic["supercell_matrix"], dtype=int),
+                      np.asarray(harmonic["primitive_matrix"], dtype=float))
+    ph.force_constants = np.ascontiguousarray(harmonic["force_constants"] if fc is None else fc, dtype="double")
+    return ph
+
+
+def configurations_step(harmonic: Mapping[str, Any], settings: ValidationSettings, label: str) -> dict[str, Any]:
+    """Displacements (n, N, 3) of the configurations for the anharmonic fit (seeded)."""
+    ph = _phonon(harmonic)
+    _, _, disp = sample_configurations(ph, np.asarray(harmonic["force_constants"]), settings, label)
+    return {"displacements": disp, "sampling": settings.sampling, "seed": settings.seed}
+
+
+def _configurations(harmonic: Mapping[str, Any], displacements: np.ndarray):
+    from tdphonon.sampling import supercell_to_ase
+
+    ideal = supercell_to_ase(_phonon(harmonic).supercell)
+    atoms = []
+    for u in np.asarray(displacements):
+        a = ideal.copy()
+        a.positions += u
+        atoms.append(a)
+    return ideal, atoms
+
+
+def forces_step(harmonic: Mapping[str, Any], displacements: np.ndarray, potential, label: str) -> dict[str, Any]:
+    """Reference forces (n, N, 3) of the displaced configurations."""
     t0 = time.perf_counter()
-    ideal, configs, disp = sample_configurations(phonon, fc_fd, s, label)
-    forces = potential.forces(configs, labels=[f"{label} configuration {i}" for i in range(len(configs))])
-    calls += len(configs)
-    timings["configurations"] = time.perf_counter() - t0
+    _, atoms = _configurations(harmonic, displacements)
+    forces = potential.forces(atoms, labels=[f"{label} configuration {i}" for i in range(len(atoms))])
+    return {"forces": np.asarray(forces), "force_calls": len(atoms), "seconds": time.perf_counter() - t0,
+            "calculator": potential.identity.to_dict()}
+
+
+def anharmonic_step(harmonic: Mapping[str, Any], displacements: np.ndarray, forces: np.ndarray,
+                    settings: ValidationSettings, label: str) -> ValidationResult:
+    """Fit Φ₃/Φ₄, SCPH at every T (high → low, warm starts), κ_L for HA+3ph and SCPH+3ph."""
+    from tdphonon.harmonic import band_structure
+    from tdphonon.metrics import r_onsite
+    from tdphonon.pipeline import band_named_qpoints
+    from tdphonon.renormalize import phonopy_with_force_constants
+    from tdphonon.sampling import FCProjector
+    from tdphonon.structures import phonopy_atoms_to_ase
+    from tdphonon.validation.kappa import kappa_rta, mesh_convergence
+    from tdphonon.validation.scph import QuarticContraction, scph
+
+    s = settings
+    timings: dict[str, float] = {}
+    phonon = _phonon(harmonic)
+    fc_fd = np.asarray(harmonic["force_constants"], dtype=float)
+    scm = np.asarray(harmonic["supercell_matrix"], dtype=int)
+    proj = FCProjector.from_phonopy(phonon)
+    ideal, configs = _configurations(harmonic, displacements)
     t0 = time.perf_counter()
-    prim_atoms = phonopy_atoms_to_ase(phonon.primitive)
-    fit = fit_anharmonic(prim_atoms, ideal, configs, np.asarray(forces), disp, fc_fd, s)
+    fit = fit_anharmonic(phonopy_atoms_to_ase(phonon.primitive), ideal, configs, np.asarray(forces),
+                         np.asarray(displacements), fc_fd, s)
     fcs = fit.force_constants(ideal)
     fc2 = fc_fd + (proj.project(fcs.get_fc_array(order=2)) if s.use_fitted_fc2_correction else 0.0)
     fc3 = fcs.get_fc_array(order=3)
@@ -218,13 +284,10 @@ def run_validation(structure: Structure, potential, settings: ValidationSettings
     timings["fit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    res = ValidationResult(label=label, structure=structure, supercell_matrix=scm, fc2=fc2,
-                           fit=fit.to_dict(), settings=s.to_dict(), calculator=potential.identity.to_dict(),
-                           force_calls=calls)
-    from tdphonon.harmonic import band_structure
-    from tdphonon.pipeline import band_named_qpoints
-    from tdphonon.renormalize import phonopy_with_force_constants
-
+    res = ValidationResult(label=label, structure=_structure(harmonic["structure"]), supercell_matrix=scm,
+                           fc2=fc2, fit=fit.to_dict(), settings=s.to_dict(),
+                           calculator=dict(harmonic.get("calculator") or {}),
+                           force_calls=int(harmonic.get("force_calls", 0)) + len(configs))
     qnamed = band_named_qpoints(band_structure(phonopy_with_force_constants(phonon, fc2), npoints=3))
     res.named_qpoints = qnamed
     res.named_frequencies["harmonic"] = _named(phonon, fc2, qnamed)
@@ -240,25 +303,37 @@ def run_validation(structure: Structure, potential, settings: ValidationSettings
     timings["scph"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    unit = phonon.unitcell
+    unit, pm = phonon.unitcell, phonon.primitive_matrix
     temps = sorted(s.temperatures)
-    ha = kappa_rta(unit, scm, phonon.primitive_matrix, fc2, fc3, s.kappa_mesh, temps)
+    ha = kappa_rta(unit, scm, pm, fc2, fc3, s.kappa_mesh, temps)
     res.kappa_ha = ha.to_dict()
     res.gamma["ha"] = {"frequencies_thz": ha.frequencies_thz, "gamma_thz": ha.gamma_thz, "weights": ha.weights}
     k_sc, g_sc = [], []
     for t in temps:
-        kt = kappa_rta(unit, scm, phonon.primitive_matrix, res.fc2_temperature[float(t)], fc3, s.kappa_mesh, [t])
+        kt = kappa_rta(unit, scm, pm, res.fc2_temperature[float(t)], fc3, s.kappa_mesh, [t])
         k_sc.append(kt.kappa[0].tolist())
         g_sc.append({"frequencies_thz": kt.frequencies_thz, "gamma_thz": kt.gamma_thz[0]})
     res.kappa_scph = {"temperatures": temps, "mesh": list(ha.mesh), "kappa_wmk": k_sc,
                       "kappa_average_wmk": [float(np.mean(k[:3])) for k in k_sc]}
     res.gamma["scph"] = dict(zip([f"{t:g}" for t in temps], g_sc, strict=True))
     if s.kappa_convergence_meshes and len(s.kappa_convergence_meshes) > 1:
-        t_mid = temps[len(temps) // 2]
-        res.kappa_convergence = mesh_convergence(unit, scm, phonon.primitive_matrix, fc2, fc3,
-                                                 s.kappa_convergence_meshes, t_mid)
+        res.kappa_convergence = mesh_convergence(unit, scm, pm, fc2, fc3, s.kappa_convergence_meshes,
+                                                 temps[len(temps) // 2])
     timings["kappa"] = time.perf_counter() - t0
-    res.timings = timings
+    res.timings = {**dict(harmonic.get("timings") or {}), **timings}
     if not all(np.isfinite(res.kappa_ha["kappa_average_wmk"])):
         raise TDPhononError(label, "κ_L is not finite (imaginary harmonic modes?)")
+    return res
+
+
+def run_validation(structure: Structure, potential, settings: ValidationSettings | None = None,
+                   label: str | None = None) -> ValidationResult:
+    """The whole chain for one material with the reference ``potential`` (see the module docstring)."""
+    s = settings or ValidationSettings()
+    label = label or structure.composition.reduced_formula
+    harm = harmonic_step(structure, potential, s, label)
+    conf = configurations_step(harm, s, label)
+    frc = forces_step(harm, conf["displacements"], potential, label)
+    res = anharmonic_step(harm, conf["displacements"], frc["forces"], s, label)
+    res.timings["configurations"] = frc["seconds"]
     return res

@@ -1,0 +1,172 @@
+"""The validation branch as jobflow jobs and a Maker (a flow branch separate from the ML campaign).
+
+Four jobs per material (:class:`ValidationMaker`):
+
+1. ``reference harmonic`` — relax + finite-displacement Φ₂ with the reference calculator
+   (category ``dft_category``, default ``tdphonon-dft``: DFT/CPU workers, never GPU ones);
+2. ``configurations`` — displaced supercells for the anharmonic fit (``cpu_category``);
+3. ``reference forces`` — forces of those supercells (``dft_category``);
+4. ``anharmonic`` — hiPhive fit, SCPH at each T, κ_L (HA+3ph, SCPH+3ph) and, when the ML result of
+   the same material is given, the ML-vs-reference comparison (``cpu_category``).
+
+Arrays (force constants, displacements, forces) are ``data`` fields (GridFS in production). The
+calculator is a spec string resolved on the worker (:func:`tdphonon.validation.calculators.reference_potential`).
+The branch reads the screening output of ``tdphonon analyze`` (``candidates/candidates.json``)
+like any material list and is submitted like any campaign (``tdphonon validate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from jobflow import Flow, Maker, job
+from pymatgen.core import Structure
+
+from tdphonon.validation.pipeline import (
+    ValidationSettings,
+    anharmonic_step,
+    configurations_step,
+    forces_step,
+    harmonic_step,
+)
+
+__all__ = ["ValidationMaker", "settings_from_dict"]
+
+VALIDATION_STEP = "validation"
+
+
+def settings_from_dict(d: Mapping[str, Any] | None) -> ValidationSettings:
+    """:class:`ValidationSettings` from overrides (JSON-able: lists for tuples, shells as dict)."""
+    d = dict(d or {})
+    if isinstance(d.get("shells"), Mapping):
+        d["shells"] = tuple((int(k), int(v)) for k, v in d["shells"].items())
+    for key in ("temperatures",):
+        if key in d:
+            d[key] = tuple(float(x) for x in d[key])
+    for key in ("kappa_mesh",):
+        if key in d:
+            d[key] = tuple(int(x) for x in d[key])
+    if "kappa_convergence_meshes" in d:
+        d["kappa_convergence_meshes"] = tuple(tuple(int(x) for x in m) for m in d["kappa_convergence_meshes"])
+    if d.get("supercell_matrix") is not None:
+        d["supercell_matrix"] = tuple(tuple(int(x) for x in row) if np.ndim(row) else int(row)
+                                      for row in d["supercell_matrix"])
+    return ValidationSettings(**d)
+
+
+def _arrays(d: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: (np.asarray(v).tolist() if k in keys else v) for k, v in d.items()}
+
+
+@job(data=["force_constants"])
+def reference_harmonic_job(structure: Structure | Mapping, calculator: str, settings: Mapping | None = None,
+                           label: str | None = None) -> dict[str, Any]:
+    """Relaxation and finite-displacement Φ₂ with the reference calculator."""
+    from tdphonon.validation.calculators import reference_potential
+
+    s = Structure.from_dict(structure) if isinstance(structure, Mapping) else structure
+    out = harmonic_step(s, reference_potential(calculator), settings_from_dict(settings),
+                        label or s.composition.reduced_formula)
+    return _arrays(out, ("force_constants",))
+
+
+@job(data=["displacements"])
+def configurations_job(harmonic: Mapping[str, Any], settings: Mapping | None = None,
+                       label: str | None = None) -> dict[str, Any]:
+    """Displaced configurations for the anharmonic fit."""
+    return _arrays(configurations_step(harmonic, settings_from_dict(settings), label or harmonic["label"]),
+                   ("displacements",))
+
+
+@job(data=["forces"])
+def reference_forces_job(harmonic: Mapping[str, Any], configurations: Mapping[str, Any], calculator: str,
+                         label: str | None = None) -> dict[str, Any]:
+    """Reference forces of the displaced configurations."""
+    from tdphonon.validation.calculators import reference_potential
+
+    out = forces_step(harmonic, np.asarray(configurations["displacements"]), reference_potential(calculator),
+                      label or harmonic["label"])
+    return _arrays(out, ("forces",))
+
+
+@job(data=["force_constants"])
+def anharmonic_job(harmonic: Mapping[str, Any], configurations: Mapping[str, Any], forces: Mapping[str, Any],
+                   settings: Mapping | None = None, label: str | None = None, campaign: str | None = None,
+                   ml_doc: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fit, SCPH, κ_L and the comparison with the ML result: the validation document."""
+    from tdphonon.potentials import hardware_info, package_versions
+    from tdphonon.validation.compare import compare_with_ml
+
+    label = label or harmonic["label"]
+    res = anharmonic_step(harmonic, np.asarray(configurations["displacements"]), np.asarray(forces["forces"]),
+                          settings_from_dict(settings), label)
+    summary = res.summary()
+    summary["force_calls"] = int(harmonic.get("force_calls", 0)) + int(forces.get("force_calls", 0))
+    return {
+        "label": label, "campaign": campaign, "formula": summary["formula"], "summary": summary,
+        "comparison": compare_with_ml(summary, ml_doc),
+        "structure": res.structure.as_dict(), "supercell_matrix": np.asarray(res.supercell_matrix).tolist(),
+        "primitive_matrix": harmonic["primitive_matrix"],
+        "force_constants": {"harmonic": np.asarray(res.fc2).tolist(),
+                            "temperatures": sorted(res.fc2_temperature),
+                            "scph": [np.asarray(res.fc2_temperature[t]).tolist() for t in sorted(res.fc2_temperature)]},
+        "provenance": {"packages": package_versions(), "hardware": hardware_info("cpu")},
+    }
+
+
+@dataclass
+class ValidationMaker(Maker):
+    """Maker of the validation branch of one material (see the module docstring).
+
+    Parameters
+    ----------
+    name
+        Flow name prefix.
+    calculator
+        Reference-calculator spec (``emt``, ``espresso:{...}``, ``gpaw:{...}`` or a model spec).
+    settings
+        Overrides of :class:`~tdphonon.validation.pipeline.ValidationSettings` (plain dict).
+    campaign
+        Campaign name stored with every job and document.
+    dft_category, cpu_category
+        FireWorks ``_category`` of the reference-calculator jobs and of the light jobs.
+    """
+
+    name: str = "tdphonon validation"
+    calculator: str = "emt"
+    settings: dict = field(default_factory=dict)
+    campaign: str | None = None
+    dft_category: str | None = "tdphonon-dft"
+    cpu_category: str | None = "tdphonon-cpu"
+
+    def make(self, structure: Structure, label: str | None = None, ml_doc: Mapping[str, Any] | None = None,
+             metadata: Mapping[str, Any] | None = None) -> Flow:
+        """Flow for one material; ``ml_doc``: the ML campaign's document of it (for the comparison)."""
+        label = label or structure.composition.reduced_formula
+        settings_from_dict(self.settings)  # fail at submission, not on the worker
+        ml = None
+        if ml_doc is not None:
+            # a plain dict (no MSON class markers): the job must not rebuild a TDPhononDoc from it
+            ml = {k: v for k, v in ml_doc.items() if k not in ("force_constants", "_job", "structure")
+                  and not k.startswith("@")}
+        harm = reference_harmonic_job(structure, self.calculator, self.settings, label)
+        harm.name = f"{label} reference harmonic"
+        conf = configurations_job(harm.output, self.settings, label)
+        conf.name = f"{label} configurations"
+        frc = reference_forces_job(harm.output, conf.output, self.calculator, label)
+        frc.name = f"{label} reference forces"
+        anh = anharmonic_job(harm.output, conf.output, frc.output, self.settings, label, self.campaign, ml)
+        anh.name = f"{label} anharmonic"
+        meta = {"tdphonon_label": label, "tdphonon_campaign": self.campaign, "tdphonon_branch": VALIDATION_STEP,
+                **dict(metadata or {})}
+        for j in (harm, conf, frc, anh):
+            j.metadata.update(meta)
+            j.metadata["tdphonon_step"] = j.name.removeprefix(f"{label} ")
+        for cat, group in ((self.dft_category, (harm, frc)), (self.cpu_category, (conf, anh))):
+            if cat:
+                for j in group:
+                    j.config.manager_config = {**j.config.manager_config, "_category": cat}
+        return Flow([harm, conf, frc, anh], output=anh.output, name=f"{self.name} {label}")
