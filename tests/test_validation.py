@@ -286,3 +286,31 @@ def test_validation_flow_runs_and_compares_with_ml(chgnet, tmp_path):
     # arrays went to the data store, the document stays small
     stored = store.query_one({"uuid": flow.jobs[-1].uuid}, load=False)
     assert "blob_uuid" in str(stored["output"]["force_constants"])
+
+
+def test_validate_cli_local_on_screening_export(tmp_path):
+    """``tdphonon validate`` reads a candidates.json (screening export) and writes comparison + figures."""
+    import json
+
+    from pymatgen.core import Structure
+    from typer.testing import CliRunner
+
+    from tdphonon.cli import app
+
+    cu = Structure.from_spacegroup("Fm-3m", [[3.6, 0, 0], [0, 3.6, 0], [0, 0, 3.6]], ["Cu"],
+                                   [[0, 0, 0]]).get_primitive_structure()
+    cand = tmp_path / "candidates.json"
+    cand.write_text(json.dumps([{"label": "Cu", "structure": cu.as_dict(), "sites": []}]))
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(CU_SETTINGS))
+    out = tmp_path / "val"
+    res = CliRunner().invoke(app, ["validate", str(cand), "--calculator", "emt", "--settings", str(settings),
+                                   "-c", "val", "--local", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "1 validated, 0 failed" in res.output
+    comp = json.loads((out / "Cu" / "comparison.json").read_text())
+    assert comp["ml"] is None and comp["kappa_l"][0]["temperature"] == 300.0
+    assert (out / "Cu" / "dispersions.png").stat().st_size > 10_000
+    # a bad settings key is refused before anything runs
+    res = CliRunner().invoke(app, ["validate", str(cand), "--settings", '{"n_configs": 3}', "--local", str(out)])
+    assert res.exit_code == 2 and "n_configs" in res.output

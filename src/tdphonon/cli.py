@@ -515,6 +515,61 @@ def analyze(
     console.print(f"[green]report[/] {res.report_path}")
 
 
+@app.command()
+def validate(
+    inputs: InputArg,
+    calculator: Annotated[str, typer.Option(
+        help="reference calculator: emt | espresso:{json} | gpaw:{json} | any model spec")] = "emt",
+    campaign: CampaignOpt = None,
+    temperature: Annotated[list[float] | None, typer.Option("--temperature", "-T",
+                                                            help="K (repeat; default 100, 300, 600)")] = None,
+    settings: Annotated[str | None, typer.Option(
+        help="ValidationSettings overrides: JSON text or a JSON file (shells, n_configurations, kappa_mesh...)")
+    ] = None,
+    ml_campaign: Annotated[str | None, typer.Option(help="ML campaign whose results are compared")] = None,
+    ml_local: Annotated[Path | None, typer.Option(help="local store of that ML campaign")] = None,
+    local: Annotated[Path | None, typer.Option(
+        "--local", help="run in-process: file store and outputs in this folder (else: submit to the launchpad)")
+    ] = None,
+    launchpad: LaunchpadOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """Validation branch (reference harmonic + anharmonic IFCs, SCPH, κ_L) for screening candidates."""
+    _quiet()
+    from tdphonon import campaign as cmp
+    from tdphonon.validation import campaign as vcmp
+    from tdphonon.validation.flows import ValidationMaker, settings_from_dict
+
+    try:
+        overrides = {}
+        if settings:
+            p = Path(settings)
+            overrides = json.loads(p.read_text() if p.exists() else settings)
+        if temperature:
+            overrides["temperatures"] = list(temperature)
+        settings_from_dict(overrides)
+        mats, skipped = cmp.read_inputs(inputs)
+        _report_inputs(skipped)
+        maker = ValidationMaker(calculator=calculator, settings=overrides, campaign=campaign)
+        ml_store = cmp.local_store(ml_local) if ml_local else (cmp.load_store(store) if ml_campaign else None)
+        ml_docs = vcmp.ml_documents(ml_store, [m.label for m in mats], ml_campaign) if ml_store is not None else {}
+        if local is None:
+            rep = vcmp.submit_validation(mats, maker, cmp.load_launchpad(launchpad), ml_docs)
+            for d in rep.submitted:
+                console.print(f"submitted {d['label']}: fw_ids {d['fw_ids']}")
+            return
+        st = cmp.local_store(local / "store")
+        rep = vcmp.run_validation_local(mats, maker, st, ml_docs)
+        for doc in vcmp.validation_results(st, campaign, load_arrays=True):
+            if doc["label"] in {d["label"] for d in rep.submitted}:
+                vcmp.write_validation_outputs(doc, local / doc["label"], ml_docs.get(doc["label"]))
+    except (TDPhononError, ValueError, TypeError) as exc:
+        _fail(exc)
+    for d in rep.failed:
+        console.print(f"[red]failed[/] {d['label']}: {d['reason']}")
+    console.print(f"{len(rep.submitted)} validated, {len(rep.failed)} failed; outputs in {local}/<label>/")
+
+
 # --------------------------------------------------------------------------------------------
 # fine-tuning
 # --------------------------------------------------------------------------------------------
