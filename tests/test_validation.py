@@ -314,3 +314,63 @@ def test_validate_cli_local_on_screening_export(tmp_path):
     # a bad settings key is refused before anything runs
     res = CliRunner().invoke(app, ["validate", str(cand), "--settings", '{"n_configs": 3}', "--local", str(out)])
     assert res.exit_code == 2 and "n_configs" in res.output
+
+
+def test_fit_of_anharmonic_orders_only():
+    """fit_orders=[3, 4]: second order fixed to zero, the anharmonic parameters recovered exactly."""
+    from hiphive import ClusterSpace, ForceConstantPotential
+    from hiphive.calculators import ForceConstantCalculator
+
+    prim = bulk("NaCl", "rocksalt", a=5.64)
+    ideal = prim.repeat(3)
+    shells = {2: 1, 3: 1, 4: 1}
+    cs = ClusterSpace(prim, shell_cutoffs(prim, shells))
+    rng = np.random.default_rng(5)
+    true = rng.normal(scale=0.5, size=cs.n_dofs)
+    true[cs.get_parameter_indices(2)] = 0.0
+    calc = ForceConstantCalculator(ForceConstantPotential(cs, true).get_force_constants(ideal))
+    structures, forces = [], []
+    for _ in range(6):
+        a = ideal.copy()
+        a.positions += rng.normal(scale=0.05, size=a.positions.shape)
+        a.calc = calc
+        forces.append(a.get_forces().copy())
+        a.calc = None
+        structures.append(a)
+    fit = fit_ifcs(prim, structures, forces, ideal, shells=shells, cv_splits=0, fit_orders=[3, 4])
+    np.testing.assert_allclose(fit.parameters, true, atol=1e-8)
+    assert fit.n_parameters == cs.n_dofs - len(cs.get_parameter_indices(2)) and fit.fit_orders == [3, 4]
+
+
+def test_mesh_covariance_equals_supercell_covariance_on_the_commensurate_mesh():
+    """Dense-mesh Σ (phonopy interpolation + phases) = supercell-Γ Σ when the mesh is the commensurate one."""
+    from ase import Atoms
+    from ase.calculators.emt import EMT
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    from tdphonon.sampling import normal_modes, thermal_covariance
+    from tdphonon.validation.scph import mesh_covariance
+
+    # two-atom cell (Cu with a Au substituted): several branches, non-trivial phases
+    a = bulk("Cu", "fcc", a=3.7, cubic=True)[:2]
+    a.symbols[1] = "Au"
+    unit = PhonopyAtoms(symbols=a.get_chemical_symbols(), cell=a.cell[:], scaled_positions=a.get_scaled_positions())
+    ph = Phonopy(unit, supercell_matrix=np.diag([2, 2, 3]), primitive_matrix="P", log_level=0)
+    ph.generate_displacements(distance=0.01)
+    forces = []
+    for sc in ph.supercells_with_displacements:
+        at = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+        at.calc = EMT()
+        forces.append(at.get_forces())
+    ph.forces = np.array(forces)
+    ph.produce_force_constants()
+    fc = FCProjector.from_phonopy(ph).project(ph.force_constants)
+    for t in (50.0, 600.0):
+        want = thermal_covariance(normal_modes(ph.supercell, fc, ph.primitive), t).matrix
+        got = mesh_covariance(ph, fc, t, (2, 2, 3))
+        np.testing.assert_allclose(got, want, atol=1e-10 * np.abs(want).max())
+    # a denser mesh changes Σ (the q integral converges), still a covariance (symmetric, PSD)
+    dense = mesh_covariance(ph, fc, 600.0, (6, 6, 6))
+    assert np.abs(dense - want).max() > 1e-6
+    assert np.linalg.eigvalsh(dense).min() > -1e-10 * np.abs(dense).max()

@@ -530,6 +530,32 @@ def _sigma2_thermal(nu_thz: np.ndarray, temperature: float, quantum: bool) -> np
     return num / lam
 
 
+def policy_sigma2(nu: np.ndarray, included: np.ndarray, temperature: float, quantum: bool,
+                  policy: ModeAmplitudePolicy) -> tuple[np.ndarray, np.ndarray]:
+    """σ² (amu Å²) of modes with signed frequencies ``nu`` (THz) under ``policy``, and the affected mask.
+
+    ``included`` marks the modes that get an amplitude at all (False: translations → σ² = 0).
+    ``fixed_amplitude`` modes are left at 0 here (their σ² depends on the displacement patterns,
+    :func:`mode_amplitudes` fills them in); ``exclude`` modes stay 0.
+    """
+    nu = np.asarray(nu, dtype=float)
+    sigma2 = np.zeros(nu.shape)
+    if policy.kind == "floor":
+        affected = included & (nu < policy.floor_thz)
+        eff = np.where(affected, policy.floor_thz, nu)
+        sigma2[included] = _sigma2_thermal(eff[included], temperature, quantum)
+        return sigma2, affected
+    affected = included & (nu < policy.threshold_thz)
+    regular = included & ~affected
+    sigma2[regular] = _sigma2_thermal(nu[regular], temperature, quantum)
+    if policy.kind == "abs":
+        eff = np.maximum(np.abs(nu[affected]), policy.threshold_thz)
+        if np.any(eff <= 0):  # threshold 0 and an exactly zero mode
+            raise SamplingError(None, "policy 'abs' with threshold_thz=0 met a zero-frequency mode")
+        sigma2[affected] = _sigma2_thermal(eff, temperature, quantum)
+    return sigma2, affected
+
+
 def mode_amplitudes(modes: NormalModes, temperature: float, quantum: bool = True,
                     policy: ModeAmplitudePolicy | None = None) -> tuple[np.ndarray, ModeReport]:
     """Mode amplitudes σ_s (√amu·Å) of all supercell modes under ``policy``.
@@ -546,26 +572,11 @@ def mode_amplitudes(modes: NormalModes, temperature: float, quantum: bool = True
     nontr = ~tr
     imag = nontr & (nu < -tol)
     soft = nontr & ~imag & (nu < policy.threshold_thz)
-    below_thr = nontr & (nu < policy.threshold_thz)
-    sigma2 = np.zeros(len(nu))
-    if policy.kind == "floor":
-        affected = nontr & (nu < policy.floor_thz)
-        eff = np.where(affected, policy.floor_thz, nu)
-        sigma2[nontr] = _sigma2_thermal(eff[nontr], temperature, quantum)
-    else:
-        affected = below_thr
-        regular = nontr & ~affected
-        sigma2[regular] = _sigma2_thermal(nu[regular], temperature, quantum)
-        if policy.kind == "abs":
-            eff = np.maximum(np.abs(nu[affected]), policy.threshold_thz)
-            if np.any(eff <= 0):  # threshold 0 and an exactly zero mode
-                raise SamplingError(None, "policy 'abs' with threshold_thz=0 met a zero-frequency mode")
-            sigma2[affected] = _sigma2_thermal(eff, temperature, quantum)
-        elif policy.kind == "fixed_amplitude":
-            pat = modes.displacement_patterns()[:, affected]
-            msd = np.sum(pat**2, axis=0)  # Σ_i |w_is|²/m_i per unit amplitude
-            sigma2[affected] = modes.natom * policy.amplitude**2 / msd
-        # exclude: zero
+    sigma2, affected = policy_sigma2(nu, nontr, temperature, quantum, policy)
+    if policy.kind == "fixed_amplitude":
+        pat = modes.displacement_patterns()[:, affected]
+        msd = np.sum(pat**2, axis=0)  # Σ_i |w_is|²/m_i per unit amplitude
+        sigma2[affected] = modes.natom * policy.amplitude**2 / msd
     valid = nu[nontr]
     report = ModeReport(
         n_modes=len(nu), n_translations=int(tr.sum()), n_imaginary=int(imag.sum()), n_soft=int(soft.sum()),

@@ -46,8 +46,8 @@ def settings_from_dict(d: Mapping[str, Any] | None) -> ValidationSettings:
     for key in ("temperatures",):
         if key in d:
             d[key] = tuple(float(x) for x in d[key])
-    for key in ("kappa_mesh",):
-        if key in d:
+    for key in ("kappa_mesh", "scph_q_mesh"):
+        if d.get(key) is not None:
             d[key] = tuple(int(x) for x in d[key])
     if "kappa_convergence_meshes" in d:
         d["kappa_convergence_meshes"] = tuple(tuple(int(x) for x in m) for m in d["kappa_convergence_meshes"])

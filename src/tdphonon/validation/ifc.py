@@ -85,6 +85,7 @@ class IFCFit:
     r2_test: float | None
     method: str
     parameters: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    fit_orders: list[int] | None = None
 
     def force_constants(self, supercell: Atoms):
         """hiPhive ``ForceConstants`` of ``supercell`` (orders 2, 3, 4 as fitted)."""
@@ -97,13 +98,14 @@ class IFCFit:
     def to_dict(self) -> dict[str, Any]:
         return {"cutoffs": self.cutoffs, "shells": self.shells, "n_parameters": self.n_parameters,
                 "n_structures": self.n_structures, "rmse_train": self.rmse_train, "rmse_test": self.rmse_test,
-                "cv_rmse": self.cv_rmse, "r2_test": self.r2_test, "method": self.method}
+                "cv_rmse": self.cv_rmse, "r2_test": self.r2_test, "method": self.method,
+                "fit_orders": self.fit_orders}
 
 
 def fit_ifcs(prim: Atoms, supercells: Sequence[Atoms], forces: Sequence[np.ndarray], ideal: Atoms,
              cutoffs: Sequence[float] | None = None, shells: Mapping[int, int] | None = None,
              method: str = "least-squares", train_fraction: float = 0.9, cv_splits: int = 5, seed: int = 0,
-             **fit_kwargs) -> IFCFit:
+             fit_orders: Sequence[int] | None = None, **fit_kwargs) -> IFCFit:
     """Fit IFCs to forces of displaced supercells (hiPhive cluster space + trainstation).
 
     Parameters
@@ -123,6 +125,10 @@ def fit_ifcs(prim: Atoms, supercells: Sequence[Atoms], forces: Sequence[np.ndarr
         trainstation method: ``least-squares`` (default), ``lasso``, ``ardr``, ``rfe``, ...
     train_fraction, cv_splits, seed
         Hold-out split and k-fold cross-validation (``cv_splits`` < 2: skipped).
+    fit_orders
+        Orders whose parameters are fitted; the others are fixed to zero (e.g. ``[3, 4]`` to fit the
+        anharmonic IFCs to residual forces F + Φ₂u without a second-order term absorbing the thermal
+        renormalisation of large-amplitude data). Default: every order of the cluster space.
     """
     from hiphive import ClusterSpace, ForceConstantPotential, StructureContainer
     from hiphive.utilities import prepare_structure
@@ -143,17 +149,25 @@ def fit_ifcs(prim: Atoms, supercells: Sequence[Atoms], forces: Sequence[np.ndarr
         a.new_array("forces", f)
         sc.add_structure(prepare_structure(a, ideal, calc=None, check_permutation=True))
     A, y = sc.get_fit_data()
-    opt = Optimizer((A, y), fit_method=method, train_size=train_fraction, seed=seed, **fit_kwargs)
+    cols = np.arange(A.shape[1])
+    if fit_orders is not None:
+        cols = np.array(sorted(i for o in fit_orders for i in cs.get_parameter_indices(int(o))), dtype=int)
+        if cols.size == 0:
+            raise ValueError(f"no parameters of orders {list(fit_orders)} in the cluster space")
+    opt = Optimizer((A[:, cols], y), fit_method=method, train_size=train_fraction, seed=seed, **fit_kwargs)
     opt.train()
     summ = opt.summary
     cv = None
     if cv_splits >= 2 and len(supercells) >= cv_splits:
-        cve = CrossValidationEstimator((A, y), fit_method=method, n_splits=cv_splits, seed=seed, **fit_kwargs)
+        cve = CrossValidationEstimator((A[:, cols], y), fit_method=method, n_splits=cv_splits, seed=seed,
+                                       **fit_kwargs)
         cve.validate()
         cv = float(cve.rmse_validation)
-    fcp = ForceConstantPotential(cs, opt.parameters)
+    params = np.zeros(A.shape[1])
+    params[cols] = opt.parameters
+    fcp = ForceConstantPotential(cs, params)
     return IFCFit(potential=fcp, cutoffs=[float(c) for c in cut], shells=dict(shells) if shells else None,
-                  n_parameters=int(cs.n_dofs), n_structures=len(supercells), rmse_train=float(summ["rmse_train"]),
+                  n_parameters=int(cols.size), n_structures=len(supercells), rmse_train=float(summ["rmse_train"]),
                   rmse_test=None if summ.get("rmse_test") is None else float(summ["rmse_test"]),
                   cv_rmse=cv, r2_test=None if summ.get("R2_test") is None else float(summ["R2_test"]),
-                  method=method, parameters=np.asarray(opt.parameters))
+                  method=method, parameters=params, fit_orders=None if fit_orders is None else list(fit_orders))

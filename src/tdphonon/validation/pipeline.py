@@ -10,10 +10,11 @@ The *reference calculator* is any :class:`tdphonon.potentials.Potential`: a DFT 
 an analytic potential (tests). In a FireWorks campaign the same steps run as jobs of
 :class:`tdphonon.validation.flows.ValidationMaker`.
 
-Harmonic part: Φ₂ from finite displacements, symmetrised (symfc projector). Anharmonic part: the
-fit sees the residual forces F − (−Φ₂u); its 2nd-order term (cutoff: ``shells[2]`` neighbour
-shells) absorbs what Φ₂ misses at finite amplitude and is added to Φ₂ for SCPH and κ
-(``use_fitted_fc2_correction``).
+Harmonic part: Φ₂ from finite displacements, symmetrised (symfc projector). Anharmonic part: Φ₃
+and Φ₄ fitted to the residual forces F − (−Φ₂u) with the second-order parameters fixed to zero:
+a free second-order term would absorb the thermal renormalisation contained in large-amplitude
+data, which SCPH then adds a second time. (``fit_second_order=True`` frees it and adds the fitted
+correction to Φ₂, for data where that is wanted.)
 
 Units: Å, eV, THz, K; κ in W m⁻¹ K⁻¹.
 """
@@ -62,13 +63,16 @@ class ValidationSettings:
         ``"rattle"`` (Gaussian rattles of ``rattle_amplitude`` Å rms per Cartesian component).
     shells
         Neighbour shells per order for the fit: the paper's 3rd order up to the 4th shell, 4th order
-        up to the 2nd; order 2 is the finite-amplitude correction to Φ₂.
+        up to the 2nd; the order-2 cutoff only matters with ``fit_second_order``.
     fit_method
         trainstation method (``least-squares``, ``lasso``, ...).
     temperatures
         K, for SCPH and κ.
     scph_mixing, scph_tol_thz, scph_max_iterations
         SCPH iteration.
+    scph_q_mesh
+        Dense q-mesh of the SCPH covariance (Fourier interpolation; ``None``: the supercell's
+        commensurate q-points).
     kappa_mesh, kappa_convergence_meshes
         q-mesh of κ and the meshes of the convergence check (the last one should equal ``kappa_mesh``).
     seed
@@ -86,11 +90,12 @@ class ValidationSettings:
     rattle_amplitude: float = 0.03
     shells: tuple[tuple[int, int], ...] = ((2, 1), (3, 4), (4, 2))
     fit_method: str = "least-squares"
-    use_fitted_fc2_correction: bool = True
+    fit_second_order: bool = False
     temperatures: tuple[float, ...] = (100.0, 300.0, 600.0)
     scph_mixing: float = 0.5
     scph_tol_thz: float = 1e-3
     scph_max_iterations: int = 300
+    scph_q_mesh: tuple[int, int, int] | None = None
     kappa_mesh: tuple[int, int, int] = (10, 10, 10)
     kappa_convergence_meshes: tuple[tuple[int, int, int], ...] = ((6, 6, 6), (8, 8, 8), (10, 10, 10))
     seed: int = 0
@@ -170,7 +175,8 @@ def fit_anharmonic(prim_atoms, ideal, configurations, forces: np.ndarray, displa
     harm = -(displacements.reshape(len(displacements), -1) @ fc_to_matrix(fc2).T).reshape(len(displacements), n, 3)
     residual = np.asarray(forces) - harm
     return fit_ifcs(prim_atoms, configurations, list(residual), ideal, shells=dict(settings.shells),
-                    method=settings.fit_method, cv_splits=5 if len(configurations) >= 10 else 0, seed=settings.seed)
+                    method=settings.fit_method, cv_splits=5 if len(configurations) >= 10 else 0, seed=settings.seed,
+                    fit_orders=None if settings.fit_second_order else [o for o, _ in settings.shells if o > 2])
 
 
 def _named(phonon, fc: np.ndarray, qpoints: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
@@ -278,7 +284,7 @@ def anharmonic_step(harmonic: Mapping[str, Any], displacements: np.ndarray, forc
     fit = fit_anharmonic(phonopy_atoms_to_ase(phonon.primitive), ideal, configs, np.asarray(forces),
                          np.asarray(displacements), fc_fd, s)
     fcs = fit.force_constants(ideal)
-    fc2 = fc_fd + (proj.project(fcs.get_fc_array(order=2)) if s.use_fitted_fc2_correction else 0.0)
+    fc2 = fc_fd + (proj.project(fcs.get_fc_array(order=2)) if s.fit_second_order else 0.0)
     fc3 = fcs.get_fc_array(order=3)
     quartic = QuarticContraction.from_hiphive(fcs)
     timings["fit"] = time.perf_counter() - t0
@@ -294,7 +300,8 @@ def anharmonic_step(harmonic: Mapping[str, Any], displacements: np.ndarray, forc
     warm = None
     for t in sorted(s.temperatures, reverse=True):
         r = scph(phonon.supercell, phonon.primitive, fc2, quartic, t, mixing=s.scph_mixing, tol_thz=s.scph_tol_thz,
-                 max_iterations=s.scph_max_iterations, projector=proj, initial=warm)
+                 max_iterations=s.scph_max_iterations, projector=proj, initial=warm,
+                 q_mesh=s.scph_q_mesh, phonon=phonon)
         warm = r.force_constants
         res.fc2_temperature[float(t)] = r.force_constants
         res.scph[float(t)] = r.to_dict()

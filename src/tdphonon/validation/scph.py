@@ -8,7 +8,8 @@ At temperature T the SCPH effective harmonic force constants solve
 part of SCPH). The displacement covariance ⟨u uᵀ⟩ is built in **q-space**: from the eigenvectors of
 the dynamical matrices at the supercell's commensurate q-points with Bose–Einstein amplitudes
 (:func:`tdphonon.sampling.thermal_covariance`, the same Σ(T) the ML TDPH engine uses), so (1) is
-the q-space SCPH equation on that mesh. It is iterated with linear mixing until the commensurate
+the q-space SCPH equation on that mesh (or, with ``q_mesh``, on a denser Fourier-interpolated mesh:
+:func:`mesh_covariance`). It is iterated with linear mixing until the commensurate
 frequencies change by less than ``tol_thz``.
 
 The quartic contraction ½ Φ₄ : Σ is a sparse linear map from Σ (3N × 3N) to ΔΦ (3N × 3N), built
@@ -36,10 +37,59 @@ from tdphonon.sampling import (
     fc_to_matrix,
     matrix_to_fc,
     normal_modes,
+    policy_sigma2,
     thermal_covariance,
 )
 
-__all__ = ["QuarticContraction", "SCPHResult", "scph"]
+__all__ = ["QuarticContraction", "SCPHResult", "mesh_covariance", "scph"]
+
+
+def mesh_covariance(phonon, force_constants: np.ndarray, temperature: float, mesh: tuple[int, int, int],
+                    quantum: bool = True, policy: ModeAmplitudePolicy | None = None) -> np.ndarray:
+    """⟨u uᵀ⟩ (3N × 3N, Å²) between the atoms of ``phonon.supercell`` from a dense q-mesh.
+
+    Φ is Fourier-interpolated (phonopy) onto a Γ-centred ``mesh`` of the primitive cell and
+
+        ⟨u_aα u_bβ⟩ = Re Σ_{q,ν} σ²_{qν} e_{p(a)α}(q,ν) e*_{p(b)β}(q,ν) e^{2πi q·(x_a − x_b)} / (N_q √(m_a m_b))
+
+    with x_a − x_b the minimum-image vector in the supercell (phonopy's eigenvector convention
+    carries the atomic-position phase) and σ² the Bose–Einstein mode amplitudes under ``policy``
+    (the three translations at Γ get none). On the supercell's commensurate mesh this is exactly
+    :func:`tdphonon.sampling.thermal_covariance`; a denser mesh converges the SCPH loop integral in q
+    (pairs within the quartic cutoff, < half the supercell width, are unambiguous).
+    """
+    from tdphonon.renormalize import phonopy_with_force_constants
+
+    policy = policy or ModeAmplitudePolicy()
+    ph = phonopy_with_force_constants(phonon, np.asarray(force_constants, dtype=float))
+    ph.run_mesh(list(mesh), is_gamma_center=True, is_mesh_symmetry=False, with_eigenvectors=True)
+    d = ph.get_mesh_dict()
+    qpts, freqs, evecs = np.asarray(d["qpoints"]), np.asarray(d["frequencies"]), np.asarray(d["eigenvectors"])
+    nq, nb = freqs.shape
+    included = np.ones((nq, nb), dtype=bool)
+    for iq in np.flatnonzero(np.all(np.abs(qpts) < 1e-12, axis=1)):
+        included[iq, np.argsort(np.abs(freqs[iq]))[:3]] = False  # uniform translations
+    sigma2, _ = policy_sigma2(freqs.ravel(), included.ravel(), temperature, quantum, policy)
+    sigma2 = sigma2.reshape(nq, nb)
+    cq = np.einsum("qim,qm,qjm->qij", evecs, sigma2, evecs.conj())  # (nq, 3n_p, 3n_p)
+    sc, prim = ph.supercell, ph.primitive
+    p2p = prim.p2p_map
+    p_of = np.array([p2p[i] for i in prim.s2p_map])
+    pos = np.asarray(sc.positions)
+    lat = np.asarray(sc.cell)
+    diff = (pos[:, None, :] - pos[None, :, :]) @ np.linalg.inv(lat)
+    diff -= np.round(diff)
+    d_prim = (diff @ lat) @ np.linalg.inv(np.asarray(prim.cell))  # (N, N, 3) in primitive fractional coords
+    n = len(sc)
+    idx = (3 * p_of[:, None] + np.arange(3)[None, :]).ravel()  # (3N,) rows of C for each supercell dof
+    out = np.zeros((3 * n, 3 * n))
+    for iq in range(nq):
+        phase = np.exp(2j * np.pi * (d_prim @ qpts[iq]))  # (N, N)
+        block = cq[iq][np.ix_(idx, idx)]
+        out += np.real(block * np.repeat(np.repeat(phase, 3, axis=0), 3, axis=1))
+    m = np.repeat(np.asarray(sc.masses), 3)
+    out /= nq * np.sqrt(np.outer(m, m))
+    return 0.5 * (out + out.T)
 
 
 class QuarticContraction:
@@ -135,7 +185,8 @@ class SCPHResult:
 def scph(supercell, primitive, fc2: np.ndarray, quartic: QuarticContraction, temperature: float,
          mixing: float = 0.5, tol_thz: float = 1e-4, max_iterations: int = 200, quantum: bool = True,
          projector: FCProjector | None = None, policy: ModeAmplitudePolicy | None = None,
-         initial: np.ndarray | None = None) -> SCPHResult:
+         initial: np.ndarray | None = None, q_mesh: tuple[int, int, int] | None = None,
+         phonon=None) -> SCPHResult:
     """Solve the SCPH equation (1) at ``temperature`` by mixed fixed-point iteration.
 
     Parameters
@@ -161,6 +212,9 @@ def scph(supercell, primitive, fc2: np.ndarray, quartic: QuarticContraction, tem
         modes of the *converged* Φ(T) are reported through the frequencies (negative = imaginary).
     initial
         Warm start (e.g. the result at a neighbouring temperature).
+    q_mesh, phonon
+        Dense q-mesh for the covariance (:func:`mesh_covariance`; needs the phonopy object
+        ``phonon`` of the supercell); ``None``: the supercell's commensurate q-points.
     """
     phi2 = fc_to_matrix(np.asarray(fc2, dtype=float))
     freq0 = commensurate_frequencies(supercell, primitive, np.asarray(fc2, dtype=float))[1]
@@ -169,9 +223,12 @@ def scph(supercell, primitive, fc2: np.ndarray, quartic: QuarticContraction, tem
     history: list[float] = []
     change = np.inf
     for it in range(1, max_iterations + 1):
-        modes = normal_modes(supercell, fc, primitive)
-        cov = thermal_covariance(modes, temperature, quantum=quantum, policy=policy)
-        target = matrix_to_fc(phi2 + quartic(cov.matrix))
+        if q_mesh is not None:
+            cov = mesh_covariance(phonon, fc, temperature, q_mesh, quantum, policy)
+        else:
+            cov = thermal_covariance(normal_modes(supercell, fc, primitive), temperature, quantum=quantum,
+                                     policy=policy).matrix
+        target = matrix_to_fc(phi2 + quartic(cov))
         if projector is not None:
             target = projector.project(target)
         fc = (1.0 - mixing) * fc + mixing * target

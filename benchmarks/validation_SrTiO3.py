@@ -1,0 +1,245 @@
+#!/usr/bin/env python
+"""Validation case: cubic SrTiO3 from DFT (PBEsol) data — SCPH and κ_L vs the ML TDPH engine (not a test).
+
+DFT side (``../shared/reference/alamode/SrTiO3``, ALAMODE format, 2x2x2 = 40 atoms):
+
+* Φ₂ fitted (symfc, space group + sum rules) to ``DFSET_harmonic``;
+* Φ₃/Φ₄ fitted with hiPhive (least squares, second order fixed to the FD Φ₂) to the anharmonic
+  part F + Φ₂u of the 40 large-amplitude
+  configurations of ``DFSET_AIMD+random``; cutoffs as neighbour shells: 3rd order up to the 3rd
+  shell (the paper's 4th shell, at a = 3.9 Å, is exactly half of this 2x2x2 cell and cannot be
+  represented without double counting), 4th order up to the 2nd shell; hold-out RMSE and 5-fold CV;
+* SCPH at 100/300/600 K (q-space covariance on a dense Fourier-interpolated 8x8x8 mesh, mixing, warm starts
+  from high to low T; the first iteration treats the harmonic imaginary modes by |ν|);
+* κ_L (phono3py RTA) with HA+3ph (harmonic imaginary modes excluded by phono3py's cutoff: not
+  physical for cubic SrTiO3) and SCPH+3ph (the same Φ₃), on a stated mesh with a convergence check.
+
+ML side: the TDPH engine on SrTiO3 (2x2x2, MLIP-relaxed) at the same temperatures, one-shot and
+self-consistent force fit. The issue asks for a potential fine-tuned on the same DFT data; the
+project's fine-tuned model is not available yet (fine-tuning issue), so the ML column uses
+SevenNet-0 (best universal potential of the harmonic benchmark) and says so in the JSON.
+
+Reported: Γ-TO1 (lowest optical mode at Γ, no LO–TO splitting involved) and the R-point soft mode
+at 300 K from both, against experiment (Γ-TO1 ≈ 2.6–3.0 THz at room temperature: e.g. Servoin
+et al. PRB 22, 5501 (1980); Yamanaka et al. 2000). Writes
+``benchmarks/results/validation_SrTiO3.json`` and ``validation_SrTiO3.png``.
+
+    python benchmarks/validation_SrTiO3.py [--ml-model sevennet-0] [--skip-ml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+DATA = Path(os.environ.get("TDPHONON_SHARED", ROOT.parent / "shared")) / "reference" / "alamode" / "SrTiO3"
+OUT = ROOT / "benchmarks" / "results"
+TEMPERATURES = (100.0, 300.0, 600.0)
+EXPERIMENT_GAMMA_TO1_300K = (2.6, 3.0)
+
+
+def gamma_to1(freqs_gamma) -> float:
+    """Lowest optical frequency at Γ (imaginary < 0): the three acoustic modes (smallest |ν|) are dropped."""
+    f = np.asarray(freqs_gamma, dtype=float)
+    return float(np.min(np.delete(f, np.argsort(np.abs(f))[:3])))
+
+
+def r_soft(freqs_r) -> float:
+    return float(np.min(freqs_r))
+
+
+def dft_branch(args) -> dict:
+    from tdphonon.finetune.sources import _phonopy_from_supercell, read_alamode_input, read_dfset
+    from tdphonon.harmonic import band_structure
+    from tdphonon.metrics import r_onsite
+    from tdphonon.pipeline import band_named_qpoints
+    from tdphonon.renormalize import phonopy_with_force_constants
+    from tdphonon.sampling import FCProjector
+    from tdphonon.structures import phonopy_atoms_to_ase
+    from tdphonon.validation.ifc import fit_ifcs
+    from tdphonon.validation.kappa import kappa_rta, mesh_convergence
+    from tdphonon.validation.pipeline import _named
+    from tdphonon.validation.scph import QuarticContraction, scph
+
+    t0 = time.perf_counter()
+    inp = read_alamode_input(DATA / "ALM1.in")
+    sc_atoms = inp.atoms()
+    ph = _phonopy_from_supercell(sc_atoms)
+    u_h, f_h, _ = read_dfset(DATA / "DFSET_harmonic", inp.natom)
+    u_a, f_a, _ = read_dfset(DATA / "DFSET_AIMD+random", inp.natom)
+    proj = FCProjector.from_phonopy(ph)
+    fc2 = proj.fit(u_h, f_h)
+    ph.force_constants = np.ascontiguousarray(fc2)
+    harm_forces = -np.einsum("ijab,njb->nia", fc2, u_a)
+    resid = f_a - harm_forces
+    prim = phonopy_atoms_to_ase(ph.primitive)
+    ideal = sc_atoms.copy()
+    configs = []
+    for u in u_a:
+        a = ideal.copy()
+        a.positions += u
+        configs.append(a)
+    shells = {2: 1, 3: 3, 4: 2}
+    fit = fit_ifcs(prim, configs, list(resid), ideal, shells=shells, cv_splits=5, seed=0, fit_orders=[3, 4])
+    fcs = fit.force_constants(ideal)
+    fc2_tot = fc2
+    fc3 = fcs.get_fc_array(order=3)
+    quartic = QuarticContraction.from_hiphive(fcs)
+    t_fit = time.perf_counter() - t0
+    # force error of Φ₂ alone on the large-amplitude set: what the anharmonic fit has to explain
+    rmse_harm_only = float(np.sqrt(np.mean((f_a - harm_forces) ** 2)))
+
+    qnamed = band_named_qpoints(band_structure(phonopy_with_force_constants(ph, fc2_tot), npoints=3))
+    named = {"harmonic": _named(ph, fc2_tot, qnamed)}
+    t1 = time.perf_counter()
+    scph_res, fc_t, warm = {}, {}, None
+    for t in sorted(TEMPERATURES, reverse=True):
+        r = scph(ph.supercell, ph.primitive, fc2_tot, quartic, t, mixing=0.3, tol_thz=1e-3, max_iterations=400,
+                 projector=proj, initial=warm, q_mesh=tuple(args.scph_mesh) if args.scph_mesh else None, phonon=ph)
+        warm = r.force_constants
+        fc_t[t] = r.force_constants
+        scph_res[f"{t:g}"] = {**r.to_dict(), "r_onsite_max": float(np.max(r_onsite(r.force_constants, fc2_tot)))}
+        named[f"{t:g}K"] = _named(ph, r.force_constants, qnamed)
+    t_scph = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    temps = sorted(TEMPERATURES)
+    mesh = tuple(args.mesh)
+    ha = kappa_rta(ph.unitcell, np.eye(3, dtype=int), ph.primitive_matrix, fc2_tot, fc3, mesh, temps)
+    k_sc = [float(kappa_rta(ph.unitcell, np.eye(3, dtype=int), ph.primitive_matrix, fc_t[t], fc3, mesh, [t])
+                  .kappa_average[0]) for t in temps]
+    conv = mesh_convergence(ph.unitcell, np.eye(3, dtype=int), ph.primitive_matrix, fc_t[300.0], fc3,
+                            [tuple(m) for m in args.convergence_meshes], 300.0)
+    t_kappa = time.perf_counter() - t2
+    return {
+        "data": {"harmonic": "DFSET_harmonic", "anharmonic": "DFSET_AIMD+random", "n_configurations": len(u_a),
+                 "functional": "PBEsol", "supercell_atoms": inp.natom},
+        "scph_q_mesh": args.scph_mesh,
+        "fit": {**fit.to_dict(), "shells": {str(k): v for k, v in shells.items()},
+                "force_rmse_harmonic_only_ev_a": rmse_harm_only},
+        "named_qpoints": qnamed, "named_frequencies": named, "scph": scph_res,
+        "gamma_to1_thz": {k: gamma_to1(v["Gamma"]) for k, v in named.items()},
+        "r_soft_thz": {k: r_soft(v["R"]) for k, v in named.items()},
+        "kappa": {"temperatures": temps, "mesh": list(mesh), "ha_3ph_wmk": ha.kappa_average.tolist(),
+                  "scph_3ph_wmk": k_sc, "mesh_convergence_scph_300K": conv,
+                  "note": "HA+3ph: harmonic imaginary modes (R, M, Γ) are excluded by phono3py's frequency cutoff"},
+        "seconds": {"fit": t_fit, "scph": t_scph, "kappa": t_kappa},
+        "_phonon": ph, "_fc": {"harmonic": fc2_tot, **{f"{t:g}K": fc_t[t] for t in temps}},
+    }
+
+
+def ml_branch(args) -> dict:
+    from pymatgen.core import Lattice, Structure
+
+    from tdphonon.harmonic import HarmonicSettings
+    from tdphonon.pipeline import run_tdph
+    from tdphonon.potentials import load_potential
+    from tdphonon.renormalize import TDPHSettings
+    from tdphonon.sampling import ModeAmplitudePolicy
+
+    sto = Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.905), ["Sr", "Ti", "O"],
+                                    [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]])
+    pot = load_potential(args.ml_model, device="cpu")
+    hs = HarmonicSettings(relax=True, supercell_matrix=(2, 2, 2))
+    out = {"model": pot.identity.to_dict(), "note": "stand-in for the fine-tuned potential (fine-tuning issue open)"}
+    for name, sc in (("one_shot", False), ("self_consistent", True)):
+        ts = TDPHSettings(estimator="force_fit", n_configurations=args.n_configurations, self_consistent=sc,
+                          mixing=0.5, tol_thz=0.05, max_iterations=15,
+                          policy=ModeAmplitudePolicy(kind="abs", threshold_thz=1.5), seed=0)
+        t0 = time.perf_counter()
+        res = run_tdph(sto, pot, list(TEMPERATURES), hs, ts, label="SrTiO3")
+        named = {"harmonic": {k: np.asarray(v).tolist() for k, v in
+                              res.temperatures[0].renormalization.named_harmonic_frequencies.items()}}
+        for tr in res.temperatures:
+            named[f"{tr.temperature:g}K"] = {k: np.asarray(v).tolist()
+                                            for k, v in tr.renormalization.named_frequencies.items()}
+        out[name] = {"named_frequencies": named,
+                     "gamma_to1_thz": {k: gamma_to1(v["Gamma"]) for k, v in named.items()},
+                     "r_soft_thz": {k: r_soft(v["R"]) for k, v in named.items()},
+                     "seconds": time.perf_counter() - t0,
+                     "_res": res}
+    return out
+
+
+def plot(dft: dict, ml: dict | None, path: Path) -> None:
+    from tdphonon.analysis.trends import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    temps = sorted(TEMPERATURES)
+    for key, lab, m in (("gamma_to1_thz", "Γ-TO1", "o"), ("r_soft_thz", "R soft", "s")):
+        axes[0].plot([0, *temps], [dft[key]["harmonic"], *[dft[key][f"{t:g}K"] for t in temps]], marker=m,
+                     label=f"DFT SCPH {lab}")
+        if ml:
+            for variant, ls in (("one_shot", ":"), ("self_consistent", "--")):
+                v = ml[variant][key]
+                axes[0].plot([0, *temps], [v["harmonic"], *[v[f"{t:g}K"] for t in temps]], marker=m, ls=ls,
+                             label=f"ML {variant.replace('_', '-')} {lab}")
+    axes[0].axhspan(*EXPERIMENT_GAMMA_TO1_300K, xmin=0.35, xmax=0.55, color="grey", alpha=0.3,
+                    label="experiment Γ-TO1 (300 K)")
+    axes[0].axhline(0, color="k", lw=0.5)
+    axes[0].set_xlabel("T (K)")
+    axes[0].set_ylabel("frequency (THz; imaginary < 0)")
+    axes[0].legend(fontsize=6)
+    k = dft["kappa"]
+    axes[1].plot(temps, k["scph_3ph_wmk"], "o-", label="DFT SCPH + 3ph")
+    axes[1].plot(temps, k["ha_3ph_wmk"], "s--", label="DFT HA + 3ph (imaginary modes dropped)")
+    axes[1].set_xlabel("T (K)")
+    axes[1].set_ylabel("κ_L (W/mK)")
+    axes[1].legend(fontsize=7)
+    axes[1].set_title(f"phono3py RTA, mesh {k['mesh']}", fontsize=9)
+    fig.suptitle("cubic SrTiO3: DFT (PBEsol) SCPH vs ML TDPH")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    from _common import write_result
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ml-model", default="sevennet-0")
+    ap.add_argument("--skip-ml", action="store_true")
+    ap.add_argument("--n-configurations", type=int, default=32)
+    ap.add_argument("--mesh", type=int, nargs=3, default=[12, 12, 12])
+    ap.add_argument("--scph-mesh", type=int, nargs=3, default=[8, 8, 8],
+                    help="q-mesh of the SCPH covariance (Fourier interpolation of Φ(T))")
+    ap.add_argument("--convergence-meshes", type=lambda s: [int(x) for x in s.split(",")], nargs="+",
+                    default=[[8, 8, 8], [10, 10, 10], [12, 12, 12]])
+    args = ap.parse_args(argv)
+    if not DATA.is_dir():
+        raise SystemExit(f"DFT data not found: {DATA}")
+    dft = dft_branch(args)
+    ml = None if args.skip_ml else ml_branch(args)
+    plot(dft, ml, OUT / "validation_SrTiO3.png")
+    clean = {k: v for k, v in dft.items() if not k.startswith("_")}
+    result = {
+        "description": __doc__.split("\n")[0],
+        "dft_scph_thz_300K": {"gamma_to1": dft["gamma_to1_thz"]["300K"], "r_soft": dft["r_soft_thz"]["300K"]},
+        "ml_tdph_thz_300K": None if ml is None else {
+            "gamma_to1": ml["self_consistent"]["gamma_to1_thz"]["300K"],
+            "r_soft": ml["self_consistent"]["r_soft_thz"]["300K"],
+            "one_shot": {"gamma_to1": ml["one_shot"]["gamma_to1_thz"]["300K"],
+                         "r_soft": ml["one_shot"]["r_soft_thz"]["300K"]}},
+        "experiment_gamma_to1_thz_300K": list(EXPERIMENT_GAMMA_TO1_300K),
+        "kappa_ha_3ph_wmk": dict(zip([f"{t:g}K" for t in dft["kappa"]["temperatures"]], dft["kappa"]["ha_3ph_wmk"],
+                                     strict=True)),
+        "kappa_scph_3ph_wmk": dict(zip([f"{t:g}K" for t in dft["kappa"]["temperatures"]],
+                                       dft["kappa"]["scph_3ph_wmk"], strict=True)),
+        "dft": clean,
+        "ml": None if ml is None else {k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")}
+                                           if isinstance(v, dict) else v) for k, v in ml.items()},
+        "four_phonon": "not computed (no maintained Python package; see docs/validation.md)",
+    }
+    write_result(result, OUT / "validation_SrTiO3.json")
+    print({k: result[k] for k in ("dft_scph_thz_300K", "ml_tdph_thz_300K", "kappa_ha_3ph_wmk", "kappa_scph_3ph_wmk")})
+
+
+if __name__ == "__main__":
+    main()
