@@ -68,11 +68,11 @@ def _worker_env(**extra) -> dict:
     return e
 
 
-def _rlaunch(env, mode: str = "rapidfire", wait: bool = True, name: str = "w", **extra):
+def _rlaunch(env, mode: str = "rapidfire", wait: bool = True, name: str = "w", fworker: str = "my_fworker.yaml",
+             **extra):
     d = env["root"] / "launches" / f"{name}-{time.time_ns()}"
     d.mkdir(parents=True)
-    cmd = [str(BIN / "rlaunch"), "-l", str(env["lp_file"]), "-w", str(Path(__file__).parents[1] / "my_fworker.yaml"),
-           mode]
+    cmd = [str(BIN / "rlaunch"), "-l", str(env["lp_file"]), "-w", str(Path(__file__).parents[1] / fworker), mode]
     if mode == "rapidfire":  # one pass: stop when nothing is READY (instead of waiting for WAITING ones)
         cmd += ["--max_loops", "1", "--sleep", "1"]
     e = _worker_env(JOBFLOW_CONFIG_FILE=str(env["jf_file"]), **extra)
@@ -320,3 +320,37 @@ def test_cli_analyze_reads_the_mongodb_store(env, tmp_path):
     sites = (tmp_path / "sites.csv").read_text()
     assert sites.count("SrTiO3") == 3  # Sr, Ti, O
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
+
+
+def test_validation_branch_goes_to_dft_workers_only(env, tmp_path):
+    """``tdphonon validate`` submits the validation branch; GPU workers leave it, a DFT worker runs it."""
+    from pymatgen.core import Structure
+    from typer.testing import CliRunner
+
+    from tdphonon.cli import app
+    from tdphonon.validation.campaign import validation_results
+
+    cu = Structure.from_spacegroup("Fm-3m", [[3.6, 0, 0], [0, 3.6, 0], [0, 0, 3.6]], ["Cu"],
+                                   [[0, 0, 0]]).get_primitive_structure()
+    cand = tmp_path / "candidates.json"
+    cand.write_text(json.dumps([{"label": "Cu", "structure": cu.as_dict()}]))
+    settings = {"supercell_matrix": [[-2, 2, 2], [2, -2, 2], [2, 2, -2]], "n_configurations": 12,
+                "shells": {"2": 1, "3": 1, "4": 1}, "temperatures": [300.0], "kappa_mesh": [6, 6, 6],
+                "kappa_convergence_meshes": [[4, 4, 4], [6, 6, 6]]}
+    res = CliRunner().invoke(app, ["validate", str(cand), "--calculator", "emt", "-c", "val",
+                                   "--settings", json.dumps(settings), "-l", str(env["lp_file"]),
+                                   "-s", str(env["jf_file"])])
+    assert res.exit_code == 0, res.output
+    lp = _lp(env)
+    val_ids = [d["fw_id"] for d in lp.fireworks.find({"spec.tdphonon_branch": "validation"},
+                                                    {"fw_id": 1})]
+    assert len(val_ids) == 4
+    _rlaunch(env, name="gpu-only")  # the GPU worker must not take the reference (DFT) jobs
+    states = _states(lp)
+    assert all(states[i] != "COMPLETED" for i in val_ids)
+    _rlaunch(env, name="dft", fworker="launchers/my_fworker_dft.yaml")
+    _rlaunch(env, name="dft2", fworker="launchers/my_fworker_dft.yaml")
+    states = _states(lp)
+    assert all(states[i] == "COMPLETED" for i in val_ids), states
+    docs = validation_results(_store(env), "val")
+    assert len(docs) == 1 and docs[0]["comparison"]["kappa_l"][0]["scph_3ph_wmk"] > 0
