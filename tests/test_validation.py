@@ -374,3 +374,42 @@ def test_mesh_covariance_equals_supercell_covariance_on_the_commensurate_mesh():
     dense = mesh_covariance(ph, fc, 600.0, (6, 6, 6))
     assert np.abs(dense - want).max() > 1e-6
     assert np.linalg.eigvalsh(dense).min() > -1e-10 * np.abs(dense).max()
+
+
+# --------------------------------------------------------------------------------------------
+# one real DFT run (GPAW) on a 2-atom primitive cell's small supercell
+# --------------------------------------------------------------------------------------------
+@pytest.mark.dft
+@pytest.mark.slow
+def test_gpaw_reference_harmonic_and_forces_for_silicon():
+    """Si (2-atom primitive, 16-atom supercell), GPAW PW 200 eV PBE, 2x2x2 k: FD phonons + configuration forces.
+
+    Physics check: the Γ optical frequency of Si (PBE ≈ 15.1 THz, experiment 15.5 THz).
+    """
+    pytest.importorskip("gpaw", reason="GPAW not installed (pip install gpaw with libxc/BLAS; see docs/validation.md)")
+    import json
+
+    from pymatgen.core import Lattice, Structure
+
+    from tdphonon.validation.calculators import reference_potential
+    from tdphonon.validation.pipeline import ValidationSettings, configurations_step, forces_step, harmonic_step
+
+    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.47), ["Si"], [[0, 0, 0]]).get_primitive_structure()
+    pot = reference_potential('gpaw:{"ecut": 200, "xc": "PBE", "kpts": [2, 2, 2]}')
+    assert pot.identity.kind == "dft-gpaw" and len(pot.identity.sha256) == 64
+    s = ValidationSettings(relax=False, supercell_matrix=(2, 2, 2), n_configurations=2, sampling="rattle",
+                           rattle_amplitude=0.02)
+    harm = harmonic_step(si, pot, s, "Si")
+    from tdphonon.validation.pipeline import _phonon
+
+    ph = _phonon(harm)
+    ph.run_qpoints([[0, 0, 0]])
+    optical = float(np.max(ph.get_qpoints_dict()["frequencies"][0]))
+    assert 14.0 < optical < 16.5, optical
+    conf = configurations_step(harm, s, "Si")
+    frc = forces_step(harm, conf["displacements"], pot, "Si")
+    u, f = np.asarray(conf["displacements"]), np.asarray(frc["forces"])
+    f_harm = -np.einsum("ijab,njb->nia", np.asarray(harm["force_constants"]), u)
+    # at 0.02 Å the harmonic Φ₂ explains the DFT forces to a few per cent
+    assert np.linalg.norm(f - f_harm) / np.linalg.norm(f) < 0.1
+    json.dumps(harm["calculator"])
