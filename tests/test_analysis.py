@@ -10,6 +10,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from _emt import emt_phonon
 from conftest import REFERENCE
 
 SMALL_GRID = {"rf__n_estimators": [100], "rf__max_depth": [None], "rf__min_samples_leaf": [1, 2],
@@ -78,22 +79,9 @@ def test_outlier_filter_reasons():
 # ML-vs-DFT deviation
 # ------------------------------------------------------------------------------------------
 def _emt_phonon(structure: Structure, supercell):
-    from ase.calculators.emt import EMT
-    from phonopy import Phonopy
     from pymatgen.io.phonopy import get_phonopy_structure
 
-    ph = Phonopy(get_phonopy_structure(structure), supercell_matrix=supercell, primitive_matrix="auto", log_level=0)
-    ph.generate_displacements(distance=0.01)
-    forces = []
-    for sc in ph.supercells_with_displacements:
-        from ase import Atoms
-
-        a = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
-        a.calc = EMT()
-        forces.append(a.get_forces())
-    ph.forces = np.array(forces)
-    ph.produce_force_constants()
-    return ph
+    return emt_phonon(get_phonopy_structure(structure), supercell)
 
 
 def test_harmonic_deviation_is_cell_independent_and_scales():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from ase.build import bulk
 
+from _emt import emt_phonon, rattled
 from tdphonon.sampling import FCProjector, fc_to_matrix, matrix_to_fc
 from tdphonon.validation.ifc import fit_ifcs, shell_cutoffs
 from tdphonon.validation.scph import QuarticContraction, scph
@@ -17,22 +18,11 @@ AMU_EV_S2_A2 = 1.66053906660e-27 / 1.602176634e-19 * 1e-20  # 1 amu in eV s²/Å
 
 def _emt_phonon(supercell=(2, 2, 2)):
     """Cu (fcc, EMT) conventional cell: phonopy object with symmetrised Φ₂ and its projector."""
-    from ase import Atoms
-    from ase.calculators.emt import EMT
-    from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
 
     cu = bulk("Cu", "fcc", a=3.61, cubic=True)
     unit = PhonopyAtoms(symbols=cu.get_chemical_symbols(), cell=cu.cell[:], scaled_positions=cu.get_scaled_positions())
-    ph = Phonopy(unit, supercell_matrix=np.diag(supercell), primitive_matrix="auto", log_level=0)
-    ph.generate_displacements(distance=0.01)
-    forces = []
-    for sc in ph.supercells_with_displacements:
-        a = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
-        a.calc = EMT()
-        forces.append(a.get_forces())
-    ph.forces = np.array(forces)
-    ph.produce_force_constants()
+    ph = emt_phonon(unit, np.diag(supercell))
     proj = FCProjector.from_phonopy(ph)
     fc0 = proj.project(ph.force_constants)
     ph.force_constants = np.ascontiguousarray(fc0)
@@ -127,8 +117,12 @@ def test_shell_cutoffs_rocksalt():
         shell_cutoffs(nacl, {2: 0})
 
 
-def test_fit_recovers_known_anharmonic_ifcs():
-    """Forces of a 2nd+3rd+4th-order Taylor potential with known IFCs are fitted back exactly."""
+@pytest.mark.parametrize("fit_orders", [None, [3, 4]])
+def test_fit_recovers_known_anharmonic_ifcs(fit_orders):
+    """Forces of a 2nd+3rd+4th-order Taylor potential with known IFCs are fitted back exactly.
+
+    ``fit_orders=[3, 4]``: data without a second-order term, the second order fixed to zero.
+    """
     from hiphive import ClusterSpace, ForceConstantPotential
     from hiphive.calculators import ForceConstantCalculator
 
@@ -138,26 +132,21 @@ def test_fit_recovers_known_anharmonic_ifcs():
     cs = ClusterSpace(prim, shell_cutoffs(prim, shells))
     rng = np.random.default_rng(3)
     true = rng.normal(scale=0.5, size=cs.n_dofs)
+    if fit_orders:
+        true[cs.get_parameter_indices(2)] = 0.0
     fcs = ForceConstantPotential(cs, true).get_force_constants(ideal)
-    calc = ForceConstantCalculator(fcs)
-    structures, forces = [], []
-    for _ in range(8):
-        a = ideal.copy()
-        a.positions += rng.normal(scale=0.05, size=a.positions.shape)
-        a.calc = calc
-        forces.append(a.get_forces().copy())
-        a.calc = None
-        structures.append(a)
-    fit = fit_ifcs(prim, structures, forces, ideal, shells=shells, cv_splits=4)
+    structures, forces = rattled(ideal, 8, 0.05, rng, ForceConstantCalculator(fcs))
+    fit = fit_ifcs(prim, structures, forces, ideal, shells=shells, cv_splits=4, fit_orders=fit_orders)
     np.testing.assert_allclose(fit.parameters, true, atol=1e-8)
-    assert fit.rmse_train < 1e-8 and fit.cv_rmse < 1e-8 and fit.n_parameters == cs.n_dofs
+    n_free = cs.n_dofs - (len(cs.get_parameter_indices(2)) if fit_orders else 0)
+    assert fit.rmse_train < 1e-8 and fit.cv_rmse < 1e-8 and fit.n_parameters == n_free
+    assert fit.fit_orders == fit_orders
     np.testing.assert_allclose(fit.fc2(ideal), fcs.get_fc_array(order=2), atol=1e-8)
     # its quartic part plugs straight into SCPH
     q = QuarticContraction.from_hiphive(fit.force_constants(ideal))
     assert q.n_clusters > 0 and q.n_atoms == len(ideal)
     with pytest.raises(ValueError, match="either cutoffs"):
         fit_ifcs(prim, structures, forces, ideal)
-
 
 # --------------------------------------------------------------------------------------------
 # κ_L (phono3py RTA)
@@ -166,7 +155,6 @@ def test_fit_recovers_known_anharmonic_ifcs():
 def cu_ifcs():
     """EMT Cu: 2nd+3rd-order IFCs fitted (hiPhive) on phono3py's own 3x3x3 supercell of the primitive cell."""
     from ase import Atoms
-    from ase.calculators.emt import EMT
     from phono3py import Phono3py
     from phonopy.structure.atoms import PhonopyAtoms
 
@@ -175,15 +163,7 @@ def cu_ifcs():
     ph3 = Phono3py(unit, supercell_matrix=np.diag([3, 3, 3]), primitive_matrix="P", log_level=0)
     sc = ph3.supercell
     ideal = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
-    rng = np.random.default_rng(0)
-    structures, forces = [], []
-    for _ in range(12):
-        a = ideal.copy()
-        a.positions += rng.normal(scale=0.04, size=a.positions.shape)
-        a.calc = EMT()
-        forces.append(a.get_forces().copy())
-        a.calc = None
-        structures.append(a)
+    structures, forces = rattled(ideal, 12, 0.04, np.random.default_rng(0))
     fit = fit_ifcs(prim, structures, forces, ideal, cutoffs=[3.0, 3.0], cv_splits=0)  # nearest neighbours
     fcs = fit.force_constants(ideal)
     return unit, fcs.get_fc_array(order=2), fcs.get_fc_array(order=3), fit
@@ -316,37 +296,8 @@ def test_validate_cli_local_on_screening_export(tmp_path):
     assert res.exit_code == 2 and "n_configs" in res.output
 
 
-def test_fit_of_anharmonic_orders_only():
-    """fit_orders=[3, 4]: second order fixed to zero, the anharmonic parameters recovered exactly."""
-    from hiphive import ClusterSpace, ForceConstantPotential
-    from hiphive.calculators import ForceConstantCalculator
-
-    prim = bulk("NaCl", "rocksalt", a=5.64)
-    ideal = prim.repeat(3)
-    shells = {2: 1, 3: 1, 4: 1}
-    cs = ClusterSpace(prim, shell_cutoffs(prim, shells))
-    rng = np.random.default_rng(5)
-    true = rng.normal(scale=0.5, size=cs.n_dofs)
-    true[cs.get_parameter_indices(2)] = 0.0
-    calc = ForceConstantCalculator(ForceConstantPotential(cs, true).get_force_constants(ideal))
-    structures, forces = [], []
-    for _ in range(6):
-        a = ideal.copy()
-        a.positions += rng.normal(scale=0.05, size=a.positions.shape)
-        a.calc = calc
-        forces.append(a.get_forces().copy())
-        a.calc = None
-        structures.append(a)
-    fit = fit_ifcs(prim, structures, forces, ideal, shells=shells, cv_splits=0, fit_orders=[3, 4])
-    np.testing.assert_allclose(fit.parameters, true, atol=1e-8)
-    assert fit.n_parameters == cs.n_dofs - len(cs.get_parameter_indices(2)) and fit.fit_orders == [3, 4]
-
-
 def test_mesh_covariance_equals_supercell_covariance_on_the_commensurate_mesh():
     """Dense-mesh Σ (phonopy interpolation + phases) = supercell-Γ Σ when the mesh is the commensurate one."""
-    from ase import Atoms
-    from ase.calculators.emt import EMT
-    from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
 
     from tdphonon.sampling import normal_modes, thermal_covariance
@@ -356,15 +307,7 @@ def test_mesh_covariance_equals_supercell_covariance_on_the_commensurate_mesh():
     a = bulk("Cu", "fcc", a=3.7, cubic=True)[:2]
     a.symbols[1] = "Au"
     unit = PhonopyAtoms(symbols=a.get_chemical_symbols(), cell=a.cell[:], scaled_positions=a.get_scaled_positions())
-    ph = Phonopy(unit, supercell_matrix=np.diag([2, 2, 3]), primitive_matrix="P", log_level=0)
-    ph.generate_displacements(distance=0.01)
-    forces = []
-    for sc in ph.supercells_with_displacements:
-        at = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
-        at.calc = EMT()
-        forces.append(at.get_forces())
-    ph.forces = np.array(forces)
-    ph.produce_force_constants()
+    ph = emt_phonon(unit, np.diag([2, 2, 3]), "P")
     fc = FCProjector.from_phonopy(ph).project(ph.force_constants)
     for t in (50.0, 600.0):
         want = thermal_covariance(normal_modes(ph.supercell, fc, ph.primitive), t).matrix

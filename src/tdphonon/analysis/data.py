@@ -58,6 +58,14 @@ def _at(doc: Mapping[str, Any], temperature: float) -> Mapping[str, Any] | None:
     return None
 
 
+def _at_temperature(docs: Sequence[Mapping[str, Any]], temperature: float):
+    """(document, its results at ``temperature``, its Structure) for the documents that have that T."""
+    for d in docs:
+        t = _at(d, temperature)
+        if t is not None:
+            yield d, t, Structure.from_dict(d["structure"])
+
+
 def supercell_to_unitcell(structure: Structure, supercell_matrix: Sequence[Sequence[int]]) -> np.ndarray:
     """Index in ``structure`` of every atom of phonopy's supercell of it (phonopy's own mapping)."""
     from phonopy.structure.cells import get_supercell
@@ -79,11 +87,7 @@ def material_frame(docs: Sequence[Mapping[str, Any]], temperature: float | None 
     """
     temp = pick_temperature(docs, temperature)
     rows = []
-    for d in docs:
-        t = _at(d, temp)
-        if t is None:
-            continue
-        s = Structure.from_dict(d["structure"])
+    for d, t, s in _at_temperature(docs, temp):
         h = d.get("harmonic") or {}
         rows.append({
             "label": d["label"], "formula": d["formula"], "reduced_formula": s.composition.reduced_formula,
@@ -115,11 +119,7 @@ def site_frame(docs: Sequence[Mapping[str, Any]], temperature: float | None = No
     """
     temp = pick_temperature(docs, temperature)
     rows = []
-    for d in docs:
-        t = _at(d, temp)
-        if t is None:
-            continue
-        s = Structure.from_dict(d["structure"])
+    for d, t, s in _at_temperature(docs, temp):
         to_unit = supercell_to_unitcell(s, d["supercell_matrix"])
         for site in t.get("r_onsite_sites") or []:
             idx = int(site["index"])
