@@ -22,14 +22,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from jobflow import Flow, Maker, job
+from jobflow import Flow, Maker, Response, job
 from pymatgen.core import Structure
 
 from tdphonon.validation.pipeline import (
     ValidationSettings,
+    _configurations,
     anharmonic_step,
     configurations_step,
     forces_step,
+    harmonic_from_forces,
+    harmonic_setup,
     harmonic_step,
 )
 
@@ -73,12 +76,52 @@ def reference_harmonic_job(structure: Structure | Mapping, calculator: str, sett
     return _arrays(out, ("force_constants",))
 
 
-@job(data=["displacements"])
+@job(data=["displacements", "structures"])
 def configurations_job(harmonic: Mapping[str, Any], settings: Mapping | None = None,
-                       label: str | None = None) -> dict[str, Any]:
-    """Displaced configurations for the anharmonic fit."""
-    return _arrays(configurations_step(harmonic, settings_from_dict(settings), label or harmonic["label"]),
-                   ("displacements",))
+                       label: str | None = None, structures: bool = False) -> dict[str, Any]:
+    """Displaced configurations for the anharmonic fit (``structures``: also as pymatgen Structures)."""
+    out = configurations_step(harmonic, settings_from_dict(settings), label or harmonic["label"])
+    if structures:
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        out["structures"] = [AseAtomsAdaptor.get_structure(a) for a in _configurations(harmonic,
+                                                                                        out["displacements"])[1]]
+    return _arrays(out, ("displacements",))
+
+
+@job(data=["displaced_structures"])
+def harmonic_setup_job(structure: Structure, settings: Mapping | None = None, label: str | None = None) -> dict:
+    """Supercell and finite-displacement supercells (computed by a static maker's jobs)."""
+    return harmonic_setup(structure, settings_from_dict(settings), label or structure.composition.reduced_formula)
+
+
+@job(data=["force_constants"])
+def harmonic_from_forces_job(setup: Mapping[str, Any], forces: Mapping[str, Any]) -> dict[str, Any]:
+    """Φ₂ from the static maker's forces of the displaced supercells."""
+    return _arrays(harmonic_from_forces(setup, forces["forces"], forces.get("calculator")), ("force_constants",))
+
+
+@job
+def static_forces_job(structures: list, static_maker: Maker, label: str, step: str,
+                      category: str | None = None) -> Response:
+    """One ``static_maker`` job per structure (atomate2 style, like ``run_phonon_displacements``).
+
+    The replacing flow's output is ``{"forces": [...], "force_calls", "calculator"}``; each static
+    job carries ``category`` so it goes to the reference (DFT) workers.
+    """
+    jobs, forces = [], []
+    for i, s in enumerate(structures):
+        j = static_maker.make(s)
+        j.append_name(f" {label} {step} {i + 1}/{len(structures)}")
+        j.metadata.update({"tdphonon_label": label, "tdphonon_branch": VALIDATION_STEP,
+                           "tdphonon_step": f"reference static {step}"})
+        if category:
+            j.config.manager_config = {**j.config.manager_config, "_category": category}
+        jobs.append(j)
+        forces.append(j.output.output.forces)
+    ident = {"name": getattr(static_maker, "name", type(static_maker).__name__), "kind": "atomate2-static-maker",
+             "maker": type(static_maker).__name__}
+    return Response(replace=Flow(jobs, output={"forces": forces, "force_calls": len(jobs), "calculator": ident}))
 
 
 @job(data=["forces"])
@@ -133,6 +176,12 @@ class ValidationMaker(Maker):
         Campaign name stored with every job and document.
     dft_category, cpu_category
         FireWorks ``_category`` of the reference-calculator jobs and of the light jobs.
+    static_maker
+        An atomate2 static maker (VASP ``StaticMaker``, ``ForceFieldStaticMaker``, an ASE maker...):
+        when given, every reference calculation is one of its jobs (on ``dft_category``) instead of
+        ``calculator``; the structure must then be relaxed already (or give ``relax_maker``).
+    relax_maker
+        Optional atomate2 relax maker run first (its ``output.structure`` is used).
     """
 
     name: str = "tdphonon validation"
@@ -141,6 +190,8 @@ class ValidationMaker(Maker):
     campaign: str | None = None
     dft_category: str | None = "tdphonon-dft"
     cpu_category: str | None = "tdphonon-cpu"
+    static_maker: Maker | None = None
+    relax_maker: Maker | None = None
 
     def make(self, structure: Structure, label: str | None = None, ml_doc: Mapping[str, Any] | None = None,
              metadata: Mapping[str, Any] | None = None) -> Flow:
@@ -152,21 +203,48 @@ class ValidationMaker(Maker):
             # a plain dict (no MSON class markers): the job must not rebuild a TDPhononDoc from it
             ml = {k: v for k, v in ml_doc.items() if k not in ("force_constants", "_job", "structure")
                   and not k.startswith("@")}
-        harm = reference_harmonic_job(structure, self.calculator, self.settings, label)
-        harm.name = f"{label} reference harmonic"
-        conf = configurations_job(harm.output, self.settings, label)
-        conf.name = f"{label} configurations"
-        frc = reference_forces_job(harm.output, conf.output, self.calculator, label)
-        frc.name = f"{label} reference forces"
-        anh = anharmonic_job(harm.output, conf.output, frc.output, self.settings, label, self.campaign, ml)
-        anh.name = f"{label} anharmonic"
         meta = {"tdphonon_label": label, "tdphonon_campaign": self.campaign, "tdphonon_branch": VALIDATION_STEP,
                 **dict(metadata or {})}
-        for j in (harm, conf, frc, anh):
+        if self.static_maker is None:
+            harm = reference_harmonic_job(structure, self.calculator, self.settings, label)
+            harm.name = f"{label} reference harmonic"
+            conf = configurations_job(harm.output, self.settings, label)
+            conf.name = f"{label} configurations"
+            frc = reference_forces_job(harm.output, conf.output, self.calculator, label)
+            frc.name = f"{label} reference forces"
+            dft, light, pre = [harm, frc], [conf], []
+        else:
+            pre = []
+            start = structure
+            if self.relax_maker is not None:
+                rel = self.relax_maker.make(structure)
+                rel.metadata.update({**meta, "tdphonon_step": "reference relax"})
+                if self.dft_category:
+                    rel.config.manager_config = {**rel.config.manager_config, "_category": self.dft_category}
+                pre.append(rel)
+                start = rel.output.structure
+            setup = harmonic_setup_job(start, self.settings, label)
+            setup.name = f"{label} harmonic setup"
+            fd = static_forces_job(setup.output["displaced_structures"], self.static_maker, label, "harmonic",
+                                   self.dft_category)
+            fd.name = f"{label} reference harmonic statics"
+            harm = harmonic_from_forces_job(setup.output, fd.output)
+            harm.name = f"{label} reference harmonic"
+            conf = configurations_job(harm.output, self.settings, label, structures=True)
+            conf.name = f"{label} configurations"
+            frc = static_forces_job(conf.output["structures"], self.static_maker, label, "configurations",
+                                    self.dft_category)
+            frc.name = f"{label} reference forces"
+            dft, light = [], [setup, fd, harm, conf, frc]
+        anh = anharmonic_job(harm.output, conf.output, frc.output, self.settings, label, self.campaign, ml)
+        anh.name = f"{label} anharmonic"
+        light.append(anh)
+        own = [*dft, *light]
+        for j in own:
             j.metadata.update(meta)
             j.metadata["tdphonon_step"] = j.name.removeprefix(f"{label} ")
-        for cat, group in ((self.dft_category, (harm, frc)), (self.cpu_category, (conf, anh))):
+        for cat, group in ((self.dft_category, dft), (self.cpu_category, light)):
             if cat:
                 for j in group:
                     j.config.manager_config = {**j.config.manager_config, "_category": cat}
-        return Flow([harm, conf, frc, anh], output=anh.output, name=f"{self.name} {label}")
+        return Flow([*pre, *own], output=anh.output, name=f"{self.name} {label}")

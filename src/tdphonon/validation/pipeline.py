@@ -38,6 +38,8 @@ __all__ = [
     "configurations_step",
     "fit_anharmonic",
     "forces_step",
+    "harmonic_from_forces",
+    "harmonic_setup",
     "harmonic_step",
     "run_validation",
     "sample_configurations",
@@ -217,6 +219,55 @@ def harmonic_step(structure: Structure, potential, settings: ValidationSettings,
             "force_calls": int(stats.get("force_calls", 0)), "calculator": potential.identity.to_dict(),
             "relax": asdict(relax_report) if relax_report is not None else None,
             "timings": {"relax": t_relax, "harmonic": time.perf_counter() - t0}}
+
+
+def harmonic_setup(structure: Structure, settings: ValidationSettings, label: str) -> dict[str, Any]:
+    """Supercell and finite-displacement supercells for a reference calculator run elsewhere.
+
+    The path for atomate2 static makers (VASP, force fields...): the displaced supercells are
+    computed by other jobs and :func:`harmonic_from_forces` builds Φ₂ from their forces.
+    """
+    from pymatgen.io.phonopy import get_pmg_structure
+
+    from tdphonon.harmonic import choose_supercell_matrix, make_phonopy
+
+    s = settings
+    scm = np.asarray(s.supercell_matrix if s.supercell_matrix is not None
+                     else choose_supercell_matrix(structure, s.min_length, s.max_atoms), dtype=int)
+    if scm.shape == (3,):
+        scm = np.diag(scm)
+    ph = make_phonopy(structure, scm, "auto")
+    ph.generate_displacements(distance=s.displacement, is_plusminus="auto")
+    dataset = {"natom": int(ph.dataset["natom"]),
+               "first_atoms": [{"number": int(d["number"]), "displacement": np.asarray(d["displacement"]).tolist()}
+                               for d in ph.dataset["first_atoms"]]}
+    return {"label": label, "structure": structure.as_dict(), "supercell_matrix": scm.tolist(),
+            "primitive_matrix": np.asarray(ph.primitive_matrix, dtype=float).tolist(), "dataset": dataset,
+            "displaced_structures": [get_pmg_structure(c) for c in ph.supercells_with_displacements]}
+
+
+def harmonic_from_forces(setup: Mapping[str, Any], forces: Sequence[np.ndarray],
+                         calculator: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Φ₂ (symmetrised) from the forces of :func:`harmonic_setup`'s displaced supercells (same output as
+    :func:`harmonic_step`)."""
+    from tdphonon.harmonic import make_phonopy
+    from tdphonon.sampling import FCProjector
+
+    ph = make_phonopy(_structure(setup["structure"]), np.asarray(setup["supercell_matrix"], dtype=int),
+                      np.asarray(setup["primitive_matrix"], dtype=float))
+    f = np.asarray(forces, dtype=float)
+    n = len(setup["dataset"]["first_atoms"])
+    if f.shape != (n, len(ph.supercell), 3) or not np.all(np.isfinite(f)):
+        raise TDPhononError(setup["label"], f"reference forces have shape {f.shape}, expected ({n}, "
+                                            f"{len(ph.supercell)}, 3) and finite values")
+    ph.dataset = setup["dataset"]
+    ph.forces = f - f.mean(axis=1, keepdims=True)  # drift removed, as phonopy does for DFT forces
+    ph.produce_force_constants()
+    fc = FCProjector.from_phonopy(ph).project(ph.force_constants)
+    return {"label": setup["label"], "structure": _structure(setup["structure"]).as_dict(),
+            "supercell_matrix": setup["supercell_matrix"], "primitive_matrix": setup["primitive_matrix"],
+            "force_constants": fc, "force_calls": n, "calculator": dict(calculator or {}), "relax": None,
+            "timings": {}}
 
 
 def _structure(s: Structure | Mapping[str, Any]) -> Structure:
