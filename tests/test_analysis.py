@@ -159,7 +159,8 @@ def test_tables_and_report_from_planted_documents(tmp_path):
         assert m.loc[row["label"], "structure"][row["structure_index"]].specie.symbol == row["element"]
     # one material with a 60 % shift: an outlier left out of the fits
     docs[0]["temperatures"][0]["frequency_shift"] = 0.6
-    res = analyze(tmp_path / "rep", docs=docs, campaign="planted", threshold=0.15, param_grid=SMALL_GRID)
+    res = analyze(tmp_path / "rep", docs=docs, campaign="planted", threshold=0.15, param_grid=SMALL_GRID,
+                  site_split="material")
     sm = res.summary
     assert sm["n_materials"] == len(docs) and sm["n_outliers"] == 1 and sm["outliers"][0]["label"] == docs[0]["label"]
     assert sm["global_model"]["fitted"] and sm["local_model"]["fitted"]

@@ -487,6 +487,7 @@ def analyze(
     boxcox: Annotated[str, typer.Option(help="R_onsite transform of the local model: fit | none | a λ (paper 0.074)")
                       ] = "fit",
     seed: SeedOpt = 0,
+    site_split: Annotated[str, typer.Option(help="local-model split: random (paper) | material")] = "random",
 ) -> None:
     """Trends, random-forest models, screening and an HTML report of a campaign's results."""
     _quiet()
@@ -502,7 +503,8 @@ def analyze(
     try:
         st = cmp.local_store(local) if local else cmp.load_store(store)
         res = run_analysis(out, store=st, campaign=campaign, model=model, temperature=temperature,
-                           threshold=threshold, manifest=manifest, reference=reference, boxcox_lambda=lam, seed=seed)
+                           threshold=threshold, manifest=manifest, reference=reference, boxcox_lambda=lam, seed=seed,
+                           site_split=site_split)
     except (TDPhononError, ValueError) as exc:
         _fail(exc)
     s = res.summary
