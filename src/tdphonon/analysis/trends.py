@@ -118,7 +118,7 @@ def plot_spacegroup_shift(table: pd.DataFrame, overall_mean: float, path: str | 
     x = np.arange(len(table))
     colors = [CRYSTAL_SYSTEM_COLORS.get(cs, "grey") for cs in table["crystal_system"]]
     ax.bar(x, table["mean_shift"], color=colors, yerr=table["std_shift"], capsize=2, error_kw={"lw": 0.6})
-    ax.axhline(overall_mean, ls="--", color="k", lw=1, label=f"mean over materials = {overall_mean:.3f}")
+    mean_line = ax.axhline(overall_mean, ls="--", color="k", lw=1, label=f"mean over materials = {overall_mean:.3f}")
     ax.set_xticks(x)
     ax.set_xticklabels([f"{s} ({n})" for n, s in zip(table.index, table["spacegroup_symbol"], strict=True)],
                        rotation=90, fontsize=7)
@@ -126,7 +126,7 @@ def plot_spacegroup_shift(table: pd.DataFrame, overall_mean: float, path: str | 
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for cs, c in CRYSTAL_SYSTEM_COLORS.items()
                if cs in set(table["crystal_system"])]
     labels = [cs for cs in CRYSTAL_SYSTEM_COLORS if cs in set(table["crystal_system"])]
-    ax.legend([*handles, ax.lines[0]], [*labels, ax.lines[0].get_label()], fontsize=7, ncol=2)
+    ax.legend([*handles, mean_line], [*labels, mean_line.get_label()], fontsize=7, ncol=2)
     ax.set_title("mean frequency shift per space group (bars: std over materials)")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
