@@ -268,6 +268,11 @@ def test_featurizer_failure_names_material_and_site(monkeypatch, nacl):
     monkeypatch.setattr(features, "_cached_site", lambda: ([Failing()], ("broken",)))
     with pytest.raises(StructureError, match=r"\[NaCl\] Failing failed on site 5 \(Cl\): RuntimeError: boom"):
         site_features(nacl, [5])
+    # with a failures list (what the campaign analysis uses): NaN for that featurizer, recorded
+    failures = []
+    assert np.isnan(site_features(nacl, [5], failures=failures, label="NaCl-x").to_numpy()).all()
+    assert failures == [{"label": "NaCl-x", "site": 5, "featurizer": "Failing", "reason": failures[0]["reason"]}]
+    assert "boom" in failures[0]["reason"]
 
 
 # ------------------------------------------------------------------------------------- validation

@@ -403,7 +403,20 @@ def _check_structure(structure: Any, label: str | None) -> None:
         raise StructureError(label, "partially occupied (disordered) structures are not supported by the features")
 
 
-def global_features(structures: Sequence[Structure], index: Sequence[str] | None = None) -> pd.DataFrame:
+def _run_or_nan(featurizer: Any, structure: Structure, site: int | None, n_expected: int, label: str | None,
+                failures: list | None) -> np.ndarray:
+    """:func:`_run`; with a ``failures`` list a featurizer that fails gives NaN and is recorded there."""
+    try:
+        return _run(featurizer, structure, site, n_expected, label)
+    except StructureError as exc:
+        if failures is None:
+            raise
+        failures.append({"label": label, "site": site, "featurizer": _describe(featurizer), "reason": exc.reason})
+        return np.full(n_expected, np.nan)
+
+
+def global_features(structures: Sequence[Structure], index: Sequence[str] | None = None,
+                    failures: list | None = None) -> pd.DataFrame:
     """Per-material composition + structure features (one row per structure).
 
     Parameters
@@ -413,6 +426,10 @@ def global_features(structures: Sequence[Structure], index: Sequence[str] | None
         features use ``structure.composition``.
     index
         Row labels, one per structure and unique; default ``0 .. n-1``.
+    failures
+        If a list: a featurizer that fails on a structure (e.g. ``StructuralHeterogeneity`` finding
+        no Voronoi neighbour) gives NaN for its columns and is recorded here (label, featurizer,
+        reason) instead of raising, so one odd structure does not stop a campaign's analysis.
 
     Returns
     -------
@@ -448,12 +465,14 @@ def global_features(structures: Sequence[Structure], index: Sequence[str] | None
         name = str(label) if index is not None else None
         _check_structure(structure, name)
         _clear_nn_cache()
-        parts = [_run(f, structure, None, len(f.feature_labels()), name) for f in featurizers]
+        parts = [_run_or_nan(f, structure, None, len(f.feature_labels()), name if name is not None else
+                             structure.composition.reduced_formula, failures) for f in featurizers]
         values[row] = np.concatenate(parts)
     return pd.DataFrame(values, index=pd.Index(labels, name="label"), columns=list(columns))
 
 
-def site_features(structure: Structure, sites: Sequence[int]) -> pd.DataFrame:
+def site_features(structure: Structure, sites: Sequence[int], failures: list | None = None,
+                  label: str | None = None) -> pd.DataFrame:
     """Per-site local-environment features of selected sites of one structure.
 
     Parameters
@@ -463,6 +482,8 @@ def site_features(structure: Structure, sites: Sequence[int]) -> pd.DataFrame:
     sites
         pymatgen site indices (0 ≤ i < len(structure), unique), e.g. one representative per
         symmetry-distinct site.
+    failures, label
+        As for :func:`global_features` (``label`` names the material in errors and records).
 
     Returns
     -------
@@ -500,7 +521,7 @@ def site_features(structure: Structure, sites: Sequence[int]) -> pd.DataFrame:
     for f in featurizers:
         width = len(f.feature_labels())
         for row, i in enumerate(idx):
-            values[row, start : start + width] = _run(f, structure, i, width, None)
+            values[row, start : start + width] = _run_or_nan(f, structure, i, width, label, failures)
         start += width
     return pd.DataFrame(values, index=pd.Index(idx, name="site"), columns=list(columns))
 

@@ -200,11 +200,14 @@ def analyze(out: str | Path, store=None, store_dir: str | Path | None = None,
     files["candidates"] = _screening.export_candidates(cand, materials, out / "candidates")
 
     # --- features + random-forest models -------------------------------------------------------
-    gfeat = _features.global_features(list(materials["structure"]), index=list(materials.index))
+    feature_failures: list[dict] = []
+    gfeat = _features.global_features(list(materials["structure"]), index=list(materials.index),
+                                      failures=feature_failures)
     gfeat.to_csv(out / "features_global.csv")
     sfeat_parts = []
     for lab, grp in sites.groupby("label", sort=False):
-        f = _features.site_features(materials.loc[lab, "structure"], list(grp["structure_index"]))
+        f = _features.site_features(materials.loc[lab, "structure"], list(grp["structure_index"]),
+                                    failures=feature_failures, label=lab)
         f.index = grp.index
         sfeat_parts.append(f)
     sfeat = pd.concat(sfeat_parts).loc[sites.index] if sfeat_parts else pd.DataFrame(index=sites.index)
@@ -235,6 +238,7 @@ def analyze(out: str | Path, store=None, store_dir: str | Path | None = None,
         "top_features_global": g_model.get("top_features_permutation", []),
         "top_features_local": l_model.get("top_features_permutation", []),
         "n_global_features": gfeat.shape[1], "n_site_features": sfeat.shape[1],
+        "feature_failures": feature_failures,
         "mean_frequency_shift": float(materials["frequency_shift"].mean()),
         "median_r_full": float(materials["r_full"].median()),
         "median_r_onsite_max": float(materials["r_onsite_max"].median()),
@@ -309,6 +313,8 @@ median material R_onsite {summary['median_r_onsite_max']:.3g}.</p>
 {_table(candidates, 60)}
 <h2>Most anharmonic materials</h2>{_table(top, 30)}
 <h2>Outliers</h2>{_table(outliers[['label', 'formula', 'reason']], 60) if len(outliers) else '<p>none</p>'}
+<h2>Feature failures</h2>{_table(pd.DataFrame(summary['feature_failures']), 60) if summary['feature_failures']
+                          else '<p>none (every featurizer ran on every material and site)</p>'}
 <p style="color:#777;font-size:11px">tdphonon analyze, seed {summary['seed']}; tables: materials.csv, sites.csv,
 element_onsite.csv, spacegroup_shift.csv, prototypes.csv, candidates.csv; models: global_model/, local_model/.</p>
 </body></html>"""
