@@ -317,8 +317,8 @@ def test_cli_analyze_reads_the_mongodb_store(env, tmp_path):
     summary = json.loads((tmp_path / "analysis.json").read_text())
     assert summary["n_materials"] == 3 and summary["campaign"] == CAMPAIGN
     assert not summary["global_model"]["fitted"]  # 3 materials: reported, not fitted
-    sites = (tmp_path / "sites.csv").read_text()
-    assert sites.count("SrTiO3") == 3  # Sr, Ti, O
+    sites = (tmp_path / "sites.csv").read_text().splitlines()
+    assert sum(line.startswith("SrTiO3,") for line in sites) == 3  # Sr, Ti, O
     assert "data:image/png;base64," in (tmp_path / "report.html").read_text()
 
 
