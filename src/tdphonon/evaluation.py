@@ -163,6 +163,14 @@ def _count(symbols) -> dict:
     return out
 
 
+def load_reference_path(path: str | Path) -> ReferenceSet:
+    """:func:`load_reference`, or :func:`load_spacegroup_set` for a ``FORCE_SETS_<SG>`` file of that layout."""
+    p = Path(path)
+    if p.name.startswith("FORCE_SETS_") and (p.parent / "DIMS.txt").exists():
+        return load_spacegroup_set(p.parent, p.name.removeprefix("FORCE_SETS_"))
+    return load_reference(p)
+
+
 def iter_reference_sets(root: str | Path):
     """Yield ``(name, loader)`` for every reference set below ``root`` (loading is deferred)."""
     for p in find_reference_sets(root):

@@ -47,7 +47,7 @@ def reference_deviations(docs_with_arrays: list[Mapping[str, Any]], references: 
     ``docs_with_arrays``: documents from ``query(..., load_arrays=True)``. Returns the deviations and
     the references that could not be used (label, path, reason).
     """
-    from tdphonon.evaluation import load_reference
+    from tdphonon.evaluation import load_reference_path
     from tdphonon.jobs import phonopy_from_output
 
     out: dict[str, float] = {}
@@ -57,7 +57,7 @@ def reference_deviations(docs_with_arrays: list[Mapping[str, Any]], references: 
         if not path:
             continue
         try:
-            ref = load_reference(path)
+            ref = load_reference_path(path)
             ml = phonopy_from_output({"structure": d["structure"], "supercell_matrix": d["supercell_matrix"],
                                       "primitive_matrix": d["primitive_matrix"],
                                       "force_constants": d["force_constants"]["harmonic"]})

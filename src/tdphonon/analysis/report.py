@@ -61,19 +61,20 @@ def _match_references(materials: pd.DataFrame, root: str | Path) -> dict[str, st
     """label → reference path, matching reduced formula + space group number of every set below ``root``."""
     from pymatgen.io.phonopy import get_pmg_structure
 
-    from tdphonon.evaluation import find_reference_sets, load_reference
+    from tdphonon.evaluation import iter_reference_sets
     from tdphonon.structures import spacegroup
 
     wanted = {(r.reduced_formula, int(r.spacegroup_number)): lab for lab, r in materials.iterrows()}
     out = {}
-    for p in find_reference_sets(root):
+    for _, loader in iter_reference_sets(root):
         try:
-            s = get_pmg_structure(load_reference(p).phonon.unitcell)
+            ref = loader()
+            s = get_pmg_structure(ref.phonon.unitcell)
         except Exception:  # unreadable reference sets are simply not used for the filter
             continue
         lab = wanted.get((s.composition.reduced_formula, spacegroup(s)[1]))
         if lab and lab not in out:
-            out[lab] = str(p)
+            out[lab] = str(ref.path)
     return out
 
 
