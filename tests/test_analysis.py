@@ -185,7 +185,7 @@ def test_tables_and_report_from_planted_documents(tmp_path):
     for el, row in elem.iterrows():
         assert row["max"] == pytest.approx(0.015 * float(Element(el).atomic_mass) ** 0.5, rel=1e-9)
     sg = pd.read_csv(tmp_path / "rep" / "spacegroup_shift.csv", index_col=0)
-    assert sg["n_materials"].sum() == len(docs)
+    assert sg["n_materials"].sum() == len(docs) - 1  # trends leave the outlier out
     protos = pd.read_csv(tmp_path / "rep" / "prototypes.csv", index_col=0)
     assert {"Halite, Rock Salt", "(Cubic) Perovskite", "Zincblende, Sphalerite"} <= set(protos.index)
     html = (tmp_path / "rep" / "report.html").read_text()

@@ -181,13 +181,18 @@ def analyze(out: str | Path, store=None, store_dir: str | Path | None = None,
     materials.drop(columns=["structure"]).to_csv(out / "materials.csv", index=False)
     sites.to_csv(out / "sites.csv", index=False)
     files.update(materials=out / "materials.csv", sites=out / "sites.csv")
-    elem = _trends.element_onsite(sites)
+    # trend figures on the materials kept by the outlier filter (as the paper); tables say so
+    trend_m = materials.loc[kept.index]
+    trend_s = sites[sites["label"].isin(kept.index)]
+    excluded = f", {len(outliers)} outliers excluded" if len(outliers) else ""
+    elem = _trends.element_onsite(trend_s)
     elem.to_csv(out / "element_onsite.csv")
     files["element_onsite"] = _trends.plot_element_heatmap(
-        elem, out / "element_onsite.png", title=f"R_onsite per element at {temp:g} K (geometric mean over sites)")
-    sg = _trends.spacegroup_shift(materials)
+        elem, out / "element_onsite.png",
+        title=f"R_onsite per element at {temp:g} K (geometric mean over sites{excluded})")
+    sg = _trends.spacegroup_shift(trend_m)
     sg.to_csv(out / "spacegroup_shift.csv")
-    files["spacegroup_shift"] = _trends.plot_spacegroup_shift(sg, float(materials["frequency_shift"].mean()),
+    files["spacegroup_shift"] = _trends.plot_spacegroup_shift(sg, float(trend_m["frequency_shift"].mean()),
                                                               out / "spacegroup_shift.png")
     files["distributions"] = _trends.plot_distributions(materials, sites, out / "distributions.png", threshold)
     proto_table = _screening.plot_prototypes(materials, out / "prototypes.png", threshold=threshold)
