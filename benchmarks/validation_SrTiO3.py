@@ -65,7 +65,7 @@ def dft_branch(args) -> dict:
     from tdphonon.structures import phonopy_atoms_to_ase
     from tdphonon.validation.ifc import fit_ifcs
     from tdphonon.validation.kappa import kappa_rta, mesh_convergence
-    from tdphonon.validation.pipeline import _named
+    from tdphonon.validation.pipeline import displaced_atoms, named_frequencies
     from tdphonon.validation.scph import QuarticContraction, scph
 
     t0 = time.perf_counter()
@@ -81,11 +81,7 @@ def dft_branch(args) -> dict:
     resid = f_a - harm_forces
     prim = phonopy_atoms_to_ase(ph.primitive)
     ideal = sc_atoms.copy()
-    configs = []
-    for u in u_a:
-        a = ideal.copy()
-        a.positions += u
-        configs.append(a)
+    configs = displaced_atoms(ideal, u_a)
     shells = {2: 1, 3: 3, 4: 2}
     fit = fit_ifcs(prim, configs, list(resid), ideal, shells=shells, cv_splits=5, seed=0, fit_orders=[3, 4])
     fcs = fit.force_constants(ideal)
@@ -97,7 +93,7 @@ def dft_branch(args) -> dict:
     rmse_harm_only = float(np.sqrt(np.mean((f_a - harm_forces) ** 2)))
 
     qnamed = band_named_qpoints(band_structure(phonopy_with_force_constants(ph, fc2_tot), npoints=3))
-    named = {"harmonic": _named(ph, fc2_tot, qnamed)}
+    named = {"harmonic": named_frequencies(ph, fc2_tot, qnamed)}
     t1 = time.perf_counter()
     scph_res, fc_t, warm = {}, {}, None
     for t in sorted(TEMPERATURES, reverse=True):
@@ -106,7 +102,7 @@ def dft_branch(args) -> dict:
         warm = r.force_constants
         fc_t[t] = r.force_constants
         scph_res[f"{t:g}"] = {**r.to_dict(), "r_onsite_max": float(np.max(r_onsite(r.force_constants, fc2_tot)))}
-        named[f"{t:g}K"] = _named(ph, r.force_constants, qnamed)
+        named[f"{t:g}K"] = named_frequencies(ph, r.force_constants, qnamed)
     t_scph = time.perf_counter() - t1
     t2 = time.perf_counter()
     temps = sorted(TEMPERATURES)

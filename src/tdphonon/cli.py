@@ -264,6 +264,17 @@ def _maker(model, temperature, estimator, self_consistent, n_configurations, pol
                          harmonic_settings=hs, tdph_settings=ts.to_dict(), campaign=campaign, device=device)
 
 
+def _inputs_and_maker(inputs, model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax,
+                      supercell, campaign, device=None):
+    """Materials of ``inputs`` (unreadable ones reported), the skipped entries and the campaign's maker."""
+    from tdphonon import campaign as cmp
+
+    mats, skipped = cmp.read_inputs(inputs)
+    _report_inputs(skipped)
+    return mats, skipped, _maker(model, temperature, estimator, self_consistent, n_configurations, policy, seed,
+                                 relax, supercell, campaign, device)
+
+
 def _report_inputs(skipped: list[dict]) -> None:
     for s in skipped:
         console.print(f"[yellow]skipped[/] {s['label']} ({s['source']}): {s['reason']}")
@@ -299,10 +310,8 @@ def submit(
     from tdphonon import campaign as cmp
 
     try:
-        mats, skipped = cmp.read_inputs(inputs)
-        _report_inputs(skipped)
-        maker = _maker(model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax,
-                       supercell, campaign)
+        mats, skipped, maker = _inputs_and_maker(inputs, model, temperature, estimator, self_consistent,
+                                                 n_configurations, policy, seed, relax, supercell, campaign)
         rep = cmp.submit(mats, maker, cmp.load_launchpad(launchpad), cmp.load_store(store))
         rep.skipped = skipped
     except (TDPhononError, ValueError) as exc:
@@ -334,10 +343,8 @@ def campaign(
     from tdphonon import campaign as cmp
 
     try:
-        mats, skipped = cmp.read_inputs(inputs)
-        _report_inputs(skipped)
-        maker = _maker(model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax,
-                       supercell, campaign, device)
+        mats, skipped, maker = _inputs_and_maker(inputs, model, temperature, estimator, self_consistent,
+                                                 n_configurations, policy, seed, relax, supercell, campaign, device)
         with _Progress() as prog:
             rep = cmp.run_local(mats, maker, cmp.local_store(local),
                                 progress=lambda lab, k, n: prog("materials", k, n))

@@ -7,11 +7,11 @@
 * :class:`BoxCox` — Box–Cox transform of a positive target (R_onsite is strongly skewed); λ is
   fitted by maximum likelihood on the training targets or fixed (the paper's λ = 0.074,
   :data:`PAPER_BOXCOX_LAMBDA`).
-* :func:`fit_random_forest` — scikit-learn pipeline (drop all-NaN / constant columns → median
-  imputation → ``RandomForestRegressor``), 90/10 split with a fixed seed (grouped by material when
-  ``groups`` is given, so the sites of one material never sit on both sides), grid search with
-  k-fold cross-validation on the training part, test R² / MAE (on the fitted scale and on the
-  original scale), impurity and permutation importances.
+* :func:`fit_random_forest` — scikit-learn pipeline (median imputation, dropping all-NaN columns →
+  ``VarianceThreshold`` dropping constant ones → ``RandomForestRegressor``), 90/10 split with a
+  fixed seed (grouped by material when ``groups`` is given, so the sites of one material never
+  sit on both sides), grid search with k-fold cross-validation on the training part, test R² /
+  MAE (on the fitted scale and on the original scale), impurity and permutation importances.
 * :func:`save_model` — the fitted pipeline (joblib) with a JSON card: feature list, target,
   transform, split, hyper-parameters, scores, package versions.
 """
@@ -176,32 +176,6 @@ def _versions(*names: str) -> dict[str, str | None]:
     return out
 
 
-class _DropUninformative:
-    """Drop columns that are all-NaN or constant on the training data (sklearn transformer)."""
-
-    def __init__(self):
-        self.keep_: np.ndarray | None = None
-
-    def fit(self, X, y=None):
-        X = np.asarray(X, dtype=float)
-        finite = ~np.all(np.isnan(X), axis=0)
-        with np.errstate(invalid="ignore"):
-            spread = np.nanmax(np.where(finite, X, 0.0), axis=0) - np.nanmin(np.where(finite, X, 0.0), axis=0)
-        self.keep_ = finite & (spread > 0)
-        if not self.keep_.any():
-            raise ValueError("every feature is NaN or constant on the training data")
-        return self
-
-    def transform(self, X):
-        return np.asarray(X, dtype=float)[:, self.keep_]
-
-    def get_params(self, deep=True):
-        return {}
-
-    def set_params(self, **params):
-        return self
-
-
 def fit_random_forest(X: pd.DataFrame, y: pd.Series | np.ndarray, target: str = "target",
                       transform: BoxCox | None = None, groups: Sequence[Any] | None = None,
                       test_size: float = 0.1, seed: int = 0, param_grid: Mapping[str, list] | None = None,
@@ -226,6 +200,7 @@ def fit_random_forest(X: pd.DataFrame, y: pd.Series | np.ndarray, target: str = 
         Number of folds (reduced automatically for tiny training sets).
     """
     from sklearn.ensemble import RandomForestRegressor
+    from sklearn.feature_selection import VarianceThreshold
     from sklearn.impute import SimpleImputer
     from sklearn.inspection import permutation_importance
     from sklearn.metrics import mean_absolute_error, r2_score
@@ -251,7 +226,8 @@ def fit_random_forest(X: pd.DataFrame, y: pd.Series | np.ndarray, target: str = 
         z = transform.transform(y)
     else:
         z = y
-    pipe = Pipeline([("drop", _DropUninformative()), ("impute", SimpleImputer(strategy="median")),
+    # the imputer drops all-NaN columns, VarianceThreshold the constant ones (both fitted on training rows)
+    pipe = Pipeline([("impute", SimpleImputer(strategy="median")), ("drop", VarianceThreshold(0.0)),
                      ("rf", RandomForestRegressor(random_state=seed, n_jobs=n_jobs))])
     n_folds = max(2, min(cv, len(tr) // 3 if g is None else len(set(g[tr]))))
     folds = KFold(n_folds, shuffle=True, random_state=seed) if g is None else GroupKFold(n_folds)
@@ -262,8 +238,7 @@ def fit_random_forest(X: pd.DataFrame, y: pd.Series | np.ndarray, target: str = 
     pred = best.predict(X.iloc[te])
     pred_orig = transform.inverse(pred) if transform is not None else pred
     perm = permutation_importance(best, X.iloc[te], z[te], n_repeats=n_repeats, random_state=seed, scoring="r2")
-    keep = best.named_steps["drop"].keep_
-    used = [c for c, k in zip(X.columns, keep, strict=True) if k]
+    used = [str(c) for c in best[:-1].get_feature_names_out()]
     imp = pd.Series(best.named_steps["rf"].feature_importances_, index=used).reindex(X.columns, fill_value=0.0)
     return RFResult(
         pipeline=best, target=target, features=[str(c) for c in X.columns], used_features=[str(c) for c in used],

@@ -36,11 +36,13 @@ __all__ = [
     "ValidationSettings",
     "anharmonic_step",
     "configurations_step",
+    "displaced_atoms",
     "fit_anharmonic",
     "forces_step",
     "harmonic_from_forces",
     "harmonic_setup",
     "harmonic_step",
+    "named_frequencies",
     "run_validation",
     "sample_configurations",
 ]
@@ -159,12 +161,17 @@ def sample_configurations(phonon, fc2: np.ndarray, settings: ValidationSettings,
         disp -= disp.mean(axis=1, keepdims=True)
     else:
         raise ValueError(f"sampling must be 'thermal' or 'rattle', not {settings.sampling!r}")
+    return ref, displaced_atoms(ref, disp), disp
+
+
+def displaced_atoms(ideal, displacements: np.ndarray) -> list:
+    """Copies of the ASE ``ideal`` supercell displaced by each (N, 3) row of ``displacements`` (Å)."""
     atoms = []
-    for u in disp:
-        a = ref.copy()
+    for u in np.asarray(displacements):
+        a = ideal.copy()
         a.positions += u
         atoms.append(a)
-    return ref, atoms, disp
+    return atoms
 
 
 def fit_anharmonic(prim_atoms, ideal, configurations, forces: np.ndarray, displacements: np.ndarray,
@@ -181,7 +188,7 @@ def fit_anharmonic(prim_atoms, ideal, configurations, forces: np.ndarray, displa
                     fit_orders=None if settings.fit_second_order else [o for o, _ in settings.shells if o > 2])
 
 
-def _named(phonon, fc: np.ndarray, qpoints: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
+def named_frequencies(phonon, fc: np.ndarray, qpoints: Mapping[str, Sequence[float]]) -> dict[str, list[float]]:
     """Frequencies (THz) of Φ at the named q-points."""
     from tdphonon.harmonic import frequencies_at
     from tdphonon.renormalize import phonopy_with_force_constants
@@ -291,22 +298,18 @@ def configurations_step(harmonic: Mapping[str, Any], settings: ValidationSetting
     return {"displacements": disp, "sampling": settings.sampling, "seed": settings.seed}
 
 
-def _configurations(harmonic: Mapping[str, Any], displacements: np.ndarray):
+def _configurations(phonon, displacements: np.ndarray):
+    """(ideal supercell, displaced supercells) as ASE Atoms in phonopy's supercell order."""
     from tdphonon.sampling import supercell_to_ase
 
-    ideal = supercell_to_ase(_phonon(harmonic).supercell)
-    atoms = []
-    for u in np.asarray(displacements):
-        a = ideal.copy()
-        a.positions += u
-        atoms.append(a)
-    return ideal, atoms
+    ideal = supercell_to_ase(phonon.supercell)
+    return ideal, displaced_atoms(ideal, displacements)
 
 
 def forces_step(harmonic: Mapping[str, Any], displacements: np.ndarray, potential, label: str) -> dict[str, Any]:
     """Reference forces (n, N, 3) of the displaced configurations."""
     t0 = time.perf_counter()
-    _, atoms = _configurations(harmonic, displacements)
+    _, atoms = _configurations(_phonon(harmonic), displacements)
     forces = potential.forces(atoms, labels=[f"{label} configuration {i}" for i in range(len(atoms))])
     return {"forces": np.asarray(forces), "force_calls": len(atoms), "seconds": time.perf_counter() - t0,
             "calculator": potential.identity.to_dict()}
@@ -330,7 +333,7 @@ def anharmonic_step(harmonic: Mapping[str, Any], displacements: np.ndarray, forc
     fc_fd = np.asarray(harmonic["force_constants"], dtype=float)
     scm = np.asarray(harmonic["supercell_matrix"], dtype=int)
     proj = FCProjector.from_phonopy(phonon)
-    ideal, configs = _configurations(harmonic, displacements)
+    ideal, configs = _configurations(phonon, displacements)
     t0 = time.perf_counter()
     fit = fit_anharmonic(phonopy_atoms_to_ase(phonon.primitive), ideal, configs, np.asarray(forces),
                          np.asarray(displacements), fc_fd, s)
@@ -347,7 +350,7 @@ def anharmonic_step(harmonic: Mapping[str, Any], displacements: np.ndarray, forc
                            force_calls=int(harmonic.get("force_calls", 0)) + len(configs))
     qnamed = band_named_qpoints(band_structure(phonopy_with_force_constants(phonon, fc2), npoints=3))
     res.named_qpoints = qnamed
-    res.named_frequencies["harmonic"] = _named(phonon, fc2, qnamed)
+    res.named_frequencies["harmonic"] = named_frequencies(phonon, fc2, qnamed)
     warm = None
     for t in sorted(s.temperatures, reverse=True):
         r = scph(phonon.supercell, phonon.primitive, fc2, quartic, t, mixing=s.scph_mixing, tol_thz=s.scph_tol_thz,
@@ -356,7 +359,7 @@ def anharmonic_step(harmonic: Mapping[str, Any], displacements: np.ndarray, forc
         warm = r.force_constants
         res.fc2_temperature[float(t)] = r.force_constants
         res.scph[float(t)] = r.to_dict()
-        res.named_frequencies[f"{t:g}K"] = _named(phonon, r.force_constants, qnamed)
+        res.named_frequencies[f"{t:g}K"] = named_frequencies(phonon, r.force_constants, qnamed)
         res.r_onsite[float(t)] = float(np.max(r_onsite(r.force_constants, fc2)))
     timings["scph"] = time.perf_counter() - t0
 
