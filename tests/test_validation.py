@@ -291,6 +291,7 @@ def test_validate_cli_local_on_screening_export(tmp_path):
     comp = json.loads((out / "Cu" / "comparison.json").read_text())
     assert comp["ml"] is None and comp["kappa_l"][0]["temperature"] == 300.0
     assert (out / "Cu" / "dispersions.png").stat().st_size > 10_000
+    assert (out / "Cu" / "scattering_rates.png").stat().st_size > 10_000
     # a bad settings key is refused before anything runs
     res = CliRunner().invoke(app, ["validate", str(cand), "--settings", '{"n_configs": 3}', "--local", str(out)])
     assert res.exit_code == 2 and "n_configs" in res.output
@@ -388,3 +389,35 @@ def test_validation_flow_with_an_atomate2_static_maker(tmp_path):
                                direct["kappa_scph_3ph"]["kappa_average_wmk"], rtol=0.03)
     statics = [d for d in store.query({"metadata.tdphonon_step": {"$regex": "^reference static"}})]
     assert len(statics) == 1 + 12  # one FD displacement for fcc Cu, 12 configurations
+
+
+def test_kspacing_calculator_follows_the_cell_for_forces_and_relaxation():
+    """DFT calculators get a k-mesh per cell (``kspacing``), in force evaluations and in relaxations."""
+    from ase.calculators.emt import EMT
+
+    from tdphonon.potentials import ASEPotential, ModelIdentity
+    from tdphonon.validation.calculators import _KspacingCalculator
+
+    seen = []
+
+    def factory(kpts):
+        seen.append(kpts)
+        return EMT()
+
+    calc = _KspacingCalculator(factory, kspacing=0.5)
+    pot = ASEPotential(calc, ModelIdentity("emt-k", "test", "0" * 64, "ase", "ase", "0"), "cpu")
+    prim = bulk("Cu", "fcc", a=3.61)
+    big = prim.repeat((2, 2, 2))
+    pot.forces([prim])
+    f_big = pot.forces([big])[0]
+    expect = [tuple(int(np.ceil(2 * np.pi * r / 0.5)) for r in np.linalg.norm(a.cell.reciprocal(), axis=1))
+              for a in (prim, big)]
+    assert seen == [list(expect[0]), list(expect[1])] and expect[0] != expect[1]
+    ref = big.copy()
+    ref.calc = EMT()
+    np.testing.assert_allclose(f_big, ref.get_forces(), atol=1e-12)
+    # the calculator handed to relaxations is the same k-following one (stress included)
+    assert pot.ase_calculator() is calc
+    a = prim.copy()
+    a.calc = pot.ase_calculator()
+    assert a.get_stress().shape == (6,) and seen[-1] == list(expect[0])

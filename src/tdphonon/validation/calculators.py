@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
 
 from tdphonon.errors import ModelLoadError
 from tdphonon.potentials import ASEPotential, ModelIdentity, Potential, _pkg_version, load_potential, sha256_file
@@ -39,26 +40,39 @@ def _digest(settings: dict[str, Any], files: dict[str, str] | None = None) -> st
     return hashlib.sha256(json.dumps([settings, files or {}], sort_keys=True).encode()).hexdigest()
 
 
-class _KspacingPotential(ASEPotential):
-    """ASE calculator whose k-point mesh follows each cell (``kspacing`` Å⁻¹), set per structure."""
+class _KspacingCalculator(Calculator):
+    """ASE calculator whose k-point mesh follows each cell (``kspacing`` Å⁻¹, else ``factory``'s own).
 
-    def __init__(self, factory, kspacing: float | None, identity: ModelIdentity, elements=None) -> None:
-        super().__init__(factory(None), identity, "cpu", elements)
+    One inner calculator per k-mesh is built by ``factory(kpts)`` and reused while the mesh stays the
+    same; forces, energies and stresses (cell relaxation) all see the mesh of the current cell.
+    """
+
+    implemented_properties = ("energy", "free_energy", "forces", "stress")
+
+    def __init__(self, factory, kspacing: float | None) -> None:
+        super().__init__()
         self._factory = factory
         self._kspacing = kspacing
+        self._inner = None
+        self._inner_kpts: tuple | None = None
 
-    def _compute(self, atoms_list):
-        energies, forces = [], []
-        for a in atoms_list:
-            b = a.copy()
-            kpts = None
-            if self._kspacing:
-                rec = np.linalg.norm(b.cell.reciprocal(), axis=1) * 2 * np.pi
-                kpts = [max(1, int(np.ceil(r / self._kspacing))) for r in rec]
-            b.calc = self._factory(kpts)
-            forces.append(np.array(b.get_forces()))
-            energies.append(float(b.get_potential_energy()))
-        return np.asarray(energies), forces
+    def kpts(self, atoms) -> tuple | None:
+        if not self._kspacing:
+            return None
+        rec = np.linalg.norm(atoms.cell.reciprocal(), axis=1) * 2 * np.pi
+        return tuple(max(1, int(np.ceil(r / self._kspacing))) for r in rec)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        k = self.kpts(self.atoms)
+        if self._inner is None or k != self._inner_kpts:
+            self._inner, self._inner_kpts = self._factory(list(k) if k else None), k
+        a = self.atoms.copy()
+        a.calc = self._inner
+        energy = float(a.get_potential_energy())
+        self.results = {"energy": energy, "free_energy": energy, "forces": np.array(a.get_forces())}
+        if "stress" in properties:
+            self.results["stress"] = np.array(a.get_stress())
 
 
 def _espresso(cfg: dict[str, Any]) -> Potential:
@@ -92,7 +106,7 @@ def _espresso(cfg: dict[str, Any]) -> Potential:
         return Espresso(profile=profile, pseudopotentials=pps, input_data=base,
                         kpts=kpts or cfg.get("kpts") or (1, 1, 1), directory=cfg.get("directory", "espresso"))
 
-    return _KspacingPotential(factory, cfg.get("kspacing"), ident, list(pps))
+    return ASEPotential(_KspacingCalculator(factory, cfg.get("kspacing")), ident, "cpu", list(pps))
 
 
 def _gpaw(cfg: dict[str, Any]) -> Potential:
@@ -113,7 +127,7 @@ def _gpaw(cfg: dict[str, Any]) -> Potential:
     def factory(k):
         return GPAW(mode=PW(ecut), xc=xc, kpts=k or kpts or (1, 1, 1), txt=None, symmetry="off", **cfg)
 
-    return _KspacingPotential(factory, kspacing, ident)
+    return ASEPotential(_KspacingCalculator(factory, kspacing), ident, "cpu")
 
 
 def reference_potential(spec: str, device: str | None = None) -> Potential:

@@ -77,7 +77,7 @@ def validation_results(store, campaign: str | None = None, load_arrays: bool = F
 
 def write_validation_outputs(doc: Mapping[str, Any], out_dir: str | Path, ml_doc: Mapping[str, Any] | None = None,
                              plot: bool = True) -> dict[str, Path]:
-    """``comparison.json``, ``validation.json`` and the figures of one material.
+    """``comparison.json``, ``validation.json`` and the figures (dispersions, scattering rates) of one material.
 
     ``doc`` with arrays (``validation_results(..., load_arrays=True)``); ``ml_doc`` with arrays adds
     the ML dispersions to ``dispersions.png``.
@@ -121,4 +121,9 @@ def write_validation_outputs(doc: Mapping[str, Any], out_dir: str | Path, ml_doc
             sets.append((f"ML TDPH {t_ref:g} K", phonopy_of(*args, mf["renormalized"][temps.index(t_ref)])))
     files["dispersions"] = plot_validation_dispersions(sets, d / "dispersions.png",
                                                        title=f"{doc['label']}: reference vs ML")
+    if doc.get("scattering_rates"):
+        from tdphonon.validation.compare import plot_scattering_rates
+
+        files["scattering_rates"] = plot_scattering_rates(doc["scattering_rates"], t_ref, d / "scattering_rates.png",
+                                                          title=f"{doc['label']}: HA+3ph vs SCPH+3ph at {t_ref:g} K")
     return files

@@ -28,6 +28,7 @@ from pymatgen.core import Structure
 from tdphonon.validation.pipeline import (
     ValidationSettings,
     _configurations,
+    _phonon,
     anharmonic_step,
     configurations_step,
     forces_step,
@@ -84,8 +85,8 @@ def configurations_job(harmonic: Mapping[str, Any], settings: Mapping | None = N
     if structures:
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        out["structures"] = [AseAtomsAdaptor.get_structure(a) for a in _configurations(harmonic,
-                                                                                        out["displacements"])[1]]
+        atoms = _configurations(_phonon(harmonic), out["displacements"])[1]
+        out["structures"] = [AseAtomsAdaptor.get_structure(a) for a in atoms]
     return _arrays(out, ("displacements",))
 
 
@@ -135,7 +136,7 @@ def reference_forces_job(harmonic: Mapping[str, Any], configurations: Mapping[st
     return _arrays(out, ("forces",))
 
 
-@job(data=["force_constants"])
+@job(data=["force_constants", "scattering_rates"])
 def anharmonic_job(harmonic: Mapping[str, Any], configurations: Mapping[str, Any], forces: Mapping[str, Any],
                    settings: Mapping | None = None, label: str | None = None, campaign: str | None = None,
                    ml_doc: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -147,7 +148,6 @@ def anharmonic_job(harmonic: Mapping[str, Any], configurations: Mapping[str, Any
     res = anharmonic_step(harmonic, np.asarray(configurations["displacements"]), np.asarray(forces["forces"]),
                           settings_from_dict(settings), label)
     summary = res.summary()
-    summary["force_calls"] = int(harmonic.get("force_calls", 0)) + int(forces.get("force_calls", 0))
     return {
         "label": label, "campaign": campaign, "formula": summary["formula"], "summary": summary,
         "comparison": compare_with_ml(summary, ml_doc),
@@ -156,8 +156,16 @@ def anharmonic_job(harmonic: Mapping[str, Any], configurations: Mapping[str, Any
         "force_constants": {"harmonic": np.asarray(res.fc2).tolist(),
                             "temperatures": sorted(res.fc2_temperature),
                             "scph": [np.asarray(res.fc2_temperature[t]).tolist() for t in sorted(res.fc2_temperature)]},
+        "scattering_rates": _jsonable_arrays(res.gamma),
         "provenance": {"packages": package_versions(), "hardware": hardware_info("cpu")},
     }
+
+
+def _jsonable_arrays(d: Any) -> Any:
+    """Nested dicts of arrays → nested dicts of lists (for the data store)."""
+    if isinstance(d, Mapping):
+        return {str(k): _jsonable_arrays(v) for k, v in d.items()}
+    return np.asarray(d).tolist() if isinstance(d, np.ndarray) else d
 
 
 @dataclass
