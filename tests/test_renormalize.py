@@ -197,6 +197,82 @@ def test_self_consistent_quartic_reaches_fixed_point(nacl, estimator, sampling, 
     assert res[0].history[0]["residual_thz"] < res[1].history[0]["residual_thz"]
 
 
+@pytest.mark.parametrize("estimator,n", [("force_fit", 16), ("hessian", 4)])
+def test_self_consistent_sample_reuse_reaches_fixed_point_with_less_noise(nacl, estimator, n):
+    """Reweighted reuse of earlier ensembles: same fixed point, smaller error at equal cost per iteration."""
+    ph, proj, fc0 = nacl
+    t = 600.0
+    fp = _freqs(ph, _fixed_point(ph, proj, fc0, t, estimator))
+    out = {}
+    for reuse in (False, True):
+        st = TDPHSettings(estimator=estimator, n_configurations=n, self_consistent=True, tol_thz=0.03,
+                          max_iterations=12, seed=11, reuse_samples=reuse, mixing=0.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the run without reuse may stop on its noise floor
+            out[reuse] = renormalize(ph, _pot(ph, fc0, LAMBDA), [t], st, "NaCl-quartic", projector=proj)[0]
+    r = out[True]
+    pool = r.history[-1]["pool"]
+    assert len(pool["iterations_used"]) >= 2  # earlier ensembles were reused ...
+    assert pool["n_configurations"] > n and pool["effective_sample_size"] > 1.5 * n
+    err = np.nanmax(r.frequency_error)
+    assert np.abs(r.frequencies - fp).max() <= 4 * err + 1e-3  # ... without bias
+    assert err < np.nanmax(out[False].frequency_error)  # ... and with less noise
+    assert r.force_calls <= out[False].force_calls * 1.5 or estimator == "hessian"
+
+
+def test_pooled_weights_are_uniform_for_one_gaussian(nacl):
+    from tdphonon.renormalize import _Ensemble, _Estimate, _pooled_estimate
+
+    ph, proj, fc0 = nacl
+    cov = thermal_covariance(normal_modes(ph.supercell, fc0, ph.primitive), 300.0)
+    pool = []
+    for k in range(3):
+        u = sample_displacements(cov, supercell_to_ase(ph.supercell), 8, seed=k).displacements
+        f = -(u.reshape(8, -1) @ fc_to_matrix(fc0).T).reshape(u.shape)
+        est = _Estimate(fc0, None, None, np.zeros(8, int), u, f, [], 0, 0, 1.0, {})
+        pool.append(_Ensemble.from_estimate(est, cov, k, antithetic=True))
+
+    class _Ctx:
+        settings = TDPHSettings(estimator="force_fit", reuse_samples=True, self_consistent=True)
+        projector = proj
+
+    pooled = _pooled_estimate(_Ctx(), pool, 4)
+    np.testing.assert_allclose(pooled.weights, 1.0, rtol=1e-10)
+    assert pooled.pool["effective_sample_size"] == pytest.approx(24)
+    np.testing.assert_allclose(pooled.fc, fc0, atol=1e-8)  # harmonic forces: exact at any weights
+    # a much hotter Σ for the target: the cold ensembles fall out of the pool
+    hot = thermal_covariance(normal_modes(ph.supercell, fc0, ph.primitive), 1200.0)
+    u = sample_displacements(hot, supercell_to_ase(ph.supercell), 8, seed=9).displacements
+    est = _Estimate(fc0, None, None, np.zeros(8, int), u, -(u.reshape(8, -1) @ fc_to_matrix(fc0).T).reshape(u.shape),
+                    [], 0, 0, 1.0, {})
+    pooled = _pooled_estimate(_Ctx(), pool + [_Ensemble.from_estimate(est, hot, 3, antithetic=True)], 4)
+    assert pooled.pool["iterations_used"] == [3]
+
+
+def test_pooled_hessian_average_is_reweighted_to_the_last_gaussian():
+    """⟨H⟩ over a big ensemble from Σ_a plus a small one from Σ_b must estimate the Σ_b average."""
+    from types import SimpleNamespace
+
+    from tdphonon.renormalize import _Ensemble, _Estimate, _pooled_estimate
+
+    rng = np.random.default_rng(0)
+    var_a, var_b = np.full(6, 1.0), np.array([1.3, 1.2, 1.4, 1.3, 1.25, 1.35])  # 2 atoms, 6 coordinates
+    pool = []
+    for k, (var, n) in enumerate([(var_a, 4000), (var_b, 8)]):
+        u = rng.normal(size=(n, 6)) * np.sqrt(var)
+        h = np.stack([np.diag(x**2) for x in u])  # H(u) = diag(u²): ⟨H⟩_Σ = diag(Σ) exactly
+        est = _Estimate(None, None, None, np.zeros(n, int), u.reshape(n, 2, 3), np.zeros((n, 2, 3)), [], n, 0,
+                        1.0, {}, h)
+        pool.append(_Ensemble.from_estimate(est, SimpleNamespace(matrix=np.diag(var)), k, antithetic=False))
+    ctx = SimpleNamespace(settings=TDPHSettings(estimator="hessian", reuse_samples=True, self_consistent=True,
+                                                min_effective_fraction=0.05),
+                          projector=SimpleNamespace(project=lambda fc: fc))
+    pooled = _pooled_estimate(ctx, pool, 4)
+    assert pooled.pool["iterations_used"] == [0, 1] and pooled.pool["effective_sample_size"] > 1000
+    got = np.diag(fc_to_matrix(pooled.fc))
+    np.testing.assert_allclose(got, var_b, rtol=0.08)  # unweighted pooling would give ≈ var_a = 1
+
+
 def test_invariant_to_atom_order_and_rigid_translation(nacl):
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms

@@ -165,6 +165,9 @@ def run(
     tol: Annotated[float, typer.Option(help="self-consistency tolerance on frequencies (THz)")] = 0.05,
     seed: SeedOpt = 0,
     n_seeds: Annotated[int, typer.Option(help="independent seeds for the error bar (1: block means)")] = 1,
+    reuse_samples: Annotated[bool, typer.Option(
+        help="self-consistent: reuse the configurations of earlier iterations, importance-reweighted "
+             "(SSCHA-style; less noise for the same force calls)")] = False,
     relax: RelaxOpt = True,
     supercell: SupercellOpt = None,
     min_length: MinLengthOpt = 10.0,
@@ -188,7 +191,8 @@ def run(
                               max_atoms=max_atoms, displacement=displacement)
         ts = _tdph_settings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
                             sampling=sampling, quantum=not classical, policy=policy, mixing=mixing,
-                            max_iterations=max_iterations, tol_thz=tol, seed=seed, n_seeds_for_error=n_seeds)
+                            max_iterations=max_iterations, tol_thz=tol, seed=seed, n_seeds_for_error=n_seeds,
+                            reuse_samples=reuse_samples)
         spec = resolve_model_spec(model)
         label = Path(structure).stem
         struct = load_structure(structure, label)

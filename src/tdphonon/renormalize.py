@@ -144,6 +144,14 @@ class TDPHSettings:
         Finite-difference step (Å) for models without analytic Hessians.
     warm_start
         Start each (lower) temperature from the previous self-consistent result.
+    reuse_samples, min_effective_fraction
+        Self-consistent runs only: estimate ⟨H⟩_{Σ(Φ_k)} from the configurations of *all* iterations
+        so far, importance-reweighted to Σ(Φ_k) (SSCHA-style reweighting; balance-heuristic weights
+        ρ_k(u) / Σ_j (n_j/n) ρ_j(u) over the Gaussian densities the ensembles were drawn from). An
+        earlier ensemble is dropped from the pool once its own effective sample size for Σ(Φ_k)
+        falls below ``min_effective_fraction`` of its size. Gaussian sampling only. Near convergence
+        Σ changes little, so the noise falls like 1/√(all configurations) instead of staying at the
+        one-iteration level.
     loose_symprec, symmetry_loss
         Tolerance used to detect a structure close to a higher symmetry, and ``"warn"``/``"raise"``.
     """
@@ -172,6 +180,8 @@ class TDPHSettings:
     mode_method: ModeMethod = "commensurate"
     hessian_delta: float = 0.01
     warm_start: bool = True
+    reuse_samples: bool = False
+    min_effective_fraction: float = 0.3
     loose_symprec: float = 0.05
     symmetry_loss: Literal["warn", "raise"] = "warn"
 
@@ -190,6 +200,10 @@ class TDPHSettings:
             raise ValueError("max_iterations must be ≥ 1 and tol_thz > 0")
         if self.n_seeds_for_error < 1 or self.n_blocks_for_error < 1:
             raise ValueError("n_seeds_for_error and n_blocks_for_error must be ≥ 1")
+        if self.reuse_samples and self.sampling != "gaussian":
+            raise ValueError("reuse_samples needs sampling='gaussian' (reweighting uses the Gaussian densities)")
+        if not 0.0 < self.min_effective_fraction <= 1.0:
+            raise ValueError("min_effective_fraction must be in (0, 1]")
         if self.cap_mode not in ("raise", "clip") or self.symmetry_loss not in ("warn", "raise"):
             raise ValueError("cap_mode must be 'raise'/'clip' and symmetry_loss 'warn'/'raise'")
 
@@ -391,6 +405,99 @@ class _Estimate:
     n_clipped: int
     min_distance: float
     timings: dict
+    hessians: np.ndarray | None = None  # per kept configuration, only kept for sample reuse
+    weights: np.ndarray | None = None  # importance weights (pooled estimates); None = uniform
+    pool: dict | None = None  # pooled estimates: ensembles used, effective sample size
+
+
+@dataclass
+class _Ensemble:
+    """The kept configurations of one iteration and the Gaussian they were drawn from (reuse)."""
+
+    displacements: np.ndarray  # (n, N, 3)
+    forces: np.ndarray
+    hessians: np.ndarray | None
+    units: np.ndarray  # antithetic unit of each configuration (pairs share one)
+    eigvals: np.ndarray  # Σ = V diag(λ) Vᵀ restricted to its support (λ > 0)
+    eigvecs: np.ndarray
+    iteration: int
+
+    @classmethod
+    def from_estimate(cls, est: _Estimate, cov: ThermalCovariance, iteration: int, antithetic: bool) -> _Ensemble:
+        w, v = np.linalg.eigh(cov.matrix)
+        keep = w > 1e-10 * max(float(w.max()), 1e-300)
+        n = len(est.displacements)  # kept configurations: ± pairs stay adjacent
+        units = np.arange(n) // 2 if antithetic else np.arange(n)
+        return cls(est.displacements, est.forces, est.hessians, units, w[keep], v[:, keep], iteration)
+
+    def log_density(self, u: np.ndarray) -> np.ndarray:
+        """log N(u; 0, Σ) up to the constant −(rank/2) log 2π; −∞ off the support of Σ."""
+        x = u.reshape(len(u), -1)
+        y = x @ self.eigvecs
+        off = np.linalg.norm(x - y @ self.eigvecs.T, axis=1) > 1e-6 * (np.linalg.norm(x, axis=1) + 1e-12)
+        logp = -0.5 * np.sum(y**2 / self.eigvals, axis=1) - 0.5 * float(np.sum(np.log(self.eigvals)))
+        logp[off] = -np.inf
+        return logp
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return np.squeeze(m, axis=axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+def _pooled_estimate(ctx: _Context, pool: list[_Ensemble], n_blocks: int) -> _Estimate:
+    """⟨H⟩ at the Gaussian of the last ensemble from every usable ensemble of ``pool`` (reweighted).
+
+    Ensembles whose own effective sample size for the target falls below
+    ``settings.min_effective_fraction`` of their size, or whose Σ has another support, are left
+    out. Weights are the balance heuristic of multiple importance sampling,
+    w(u) = ρ_t(u) / Σ_j (n_j / n) ρ_j(u), normalised to mean 1; a ± pair has equal weights.
+    """
+    s = ctx.settings
+    target = pool[-1]
+    rank = target.eigvals.size
+    used: list[_Ensemble] = []
+    per_ens: list[dict] = []
+    for ens in pool:
+        if ens is not target:
+            if ens.eigvals.size != rank:
+                per_ens.append({"iteration": ens.iteration, "used": False, "reason": "other support"})
+                continue
+            lw = target.log_density(ens.displacements) - ens.log_density(ens.displacements)
+            w = np.exp(lw - np.max(lw)) if np.all(np.isfinite(lw)) else np.zeros(len(lw))
+            ess = float(w.sum() ** 2 / np.sum(w**2)) if np.any(w > 0) else 0.0
+            ok = ess >= s.min_effective_fraction * len(w)
+            per_ens.append({"iteration": ens.iteration, "used": bool(ok), "effective_fraction": ess / len(w)})
+            if not ok:
+                continue
+        used.append(ens)
+    u = np.concatenate([e.displacements for e in used])
+    f = np.concatenate([e.forces for e in used])
+    sizes = np.array([len(e.displacements) for e in used], dtype=float)
+    log_mix = _logsumexp(np.stack([np.log(n / sizes.sum()) + e.log_density(u) for n, e in zip(sizes, used,
+                                                                                          strict=True)]), axis=0)
+    lw = target.log_density(u) - log_mix
+    w = np.exp(lw - np.max(lw))
+    w *= len(w) / w.sum()
+    ess = float(w.sum() ** 2 / np.sum(w**2))
+    # batch-means blocks over antithetic units of the whole pool
+    unit_ids = np.concatenate([e.units + 10**6 * k for k, e in enumerate(used)])
+    _, unit_seq = np.unique(unit_ids, return_inverse=True)
+    nb = max(1, min(n_blocks, int(unit_seq.max()) + 1))
+    block_index = unit_seq % nb
+    sums = counts = None
+    if s.estimator == "hessian":
+        h = np.concatenate([e.hessians for e in used])
+        sums = np.stack([np.tensordot(w[block_index == b], h[block_index == b], axes=1) for b in range(nb)])
+        counts = np.array([w[block_index == b].sum() for b in range(nb)])
+        fc = ctx.projector.project(matrix_to_fc(sums.sum(axis=0) / counts.sum()))
+    else:
+        sw = np.sqrt(w)[:, None, None]
+        fc = ctx.projector.fit(u * sw, f * sw)
+    pool_info = {"n_configurations": len(w), "effective_sample_size": ess,
+                 "iterations_used": [e.iteration for e in used], "ensembles": per_ens}
+    return _Estimate(fc, sums, counts, block_index, u, f, [], 0, 0, float("nan"), {}, None, w, pool_info)
 
 
 def _evaluate_forces(ctx: _Context, cells: list,
@@ -505,6 +612,7 @@ def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_bloc
         sums = np.zeros((nb, n3, n3))
         counts = np.zeros(nb)
         chunk = 8
+        per_config: list[np.ndarray] | None = [] if s.reuse_samples else None
         for start in range(0, len(keep), chunk):
             idx = keep[start:start + chunk]
             h = np.asarray(ctx.potential.hessians([samp.supercells[k] for k in idx], delta=s.hessian_delta,
@@ -517,6 +625,8 @@ def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_bloc
             for j, k in enumerate(idx):
                 sums[block_of[k]] += h[j]
                 counts[block_of[k]] += 1
+            if per_config is not None:
+                per_config.append(h)
         t3 = time.perf_counter()
         mean = sums.sum(axis=0) / counts.sum()
         fc = ctx.projector.project(matrix_to_fc(mean))
@@ -531,8 +641,9 @@ def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_bloc
     timings = {"sampling": t1 - t0, "model": (t2 - t1) + (t3 - t2 if s.estimator == "hessian" else 0.0),
                "estimator": (t4 - t3)}
     mind = float(np.min(samp.min_distances[keep])) if len(keep) else float("nan")
+    hess = np.concatenate(per_config) if s.estimator == "hessian" and per_config else None
     return _Estimate(fc, sums, counts, block_index, u_keep, f_keep, dropped, n_hess, samp.n_clipped_atoms,
-                     mind, timings)
+                     mind, timings, hess)
 
 
 def _block_estimates(ctx: _Context, est: _Estimate) -> list[np.ndarray]:
@@ -544,10 +655,12 @@ def _block_estimates(ctx: _Context, est: _Estimate) -> list[np.ndarray]:
         return [ctx.projector.project(matrix_to_fc(est.block_sums[b] / est.block_counts[b]))
                 for b in range(nb)]
     blocks = []
+    sw = np.ones(len(est.displacements)) if est.weights is None else np.sqrt(est.weights)
     for b in range(nb):
         sel = est.block_index == b
         if 3 * ctx.natom * int(sel.sum()) >= ctx.projector.n_basis:
-            blocks.append(ctx.projector.fit(est.displacements[sel], est.forces[sel]))
+            w = sw[sel][:, None, None]
+            blocks.append(ctx.projector.fit(est.displacements[sel] * w, est.forces[sel] * w))
     return blocks if len(blocks) >= 2 else []
 
 
@@ -627,19 +740,27 @@ def renormalize_temperature(
     n_iter = s.max_iterations if s.self_consistent else 1
     n_blocks = s.n_blocks_for_error if s.n_seeds_for_error < 2 else 1
     converged: bool | None = None if not s.self_consistent else False
-    est = None
+    est = cur = None
     cov = None
+    reuse = s.reuse_samples and s.self_consistent
+    pool: list[_Ensemble] = []
     for it in range(n_iter):
         modes = modes0 if fc_in is ctx.fc0 else normal_modes(sc, fc_in, prim, method=s.mode_method)
         cov = thermal_covariance(modes, temperature, s.quantum, s.policy)
         seed = derive_seed(s.seed, tkey, it, 0)
         seeds.append(seed)
         expected = initial_displacements if (it == 0 and fc_in is ctx.fc0) else None
-        est = _estimate(ctx, cov, seed, f"it{it}", n_blocks, expected)
-        n_hess += est.n_hessians
-        dropped_all += [dict(d, iteration=it) for d in est.dropped]
+        cur = _estimate(ctx, cov, seed, f"it{it}", n_blocks, expected)
+        n_hess += cur.n_hessians
+        dropped_all += [dict(d, iteration=it) for d in cur.dropped]
         for k in tim:
-            tim[k] += est.timings[k]
+            tim[k] += cur.timings[k]
+        est = cur
+        if reuse:
+            t_pool = time.perf_counter()
+            pool.append(_Ensemble.from_estimate(cur, cov, it, s.antithetic))
+            est = _pooled_estimate(ctx, pool, n_blocks)
+            tim["estimator"] += time.perf_counter() - t_pool
         _, f_in = commensurate_frequencies(sc, prim, fc_in)
         _, f_out = commensurate_frequencies(sc, prim, est.fc)
         residual = float(np.max(np.abs(f_out - f_in)))
@@ -649,9 +770,11 @@ def renormalize_temperature(
             "min_frequency_out_thz": float(np.min(f_out[~_gamma_acoustic_mask(qpts, f_out)])),
             "n_imaginary_in": cov.report.n_imaginary, "n_affected_in": cov.report.n_affected,
             "rms_displacement": float(np.sqrt(np.trace(cov.matrix) / ctx.natom)),
-            "n_dropped": len(est.dropped), "n_clipped_atoms": est.n_clipped,
-            "min_distance": est.min_distance, "timings": dict(est.timings),
+            "n_dropped": len(cur.dropped), "n_clipped_atoms": cur.n_clipped,
+            "min_distance": cur.min_distance, "timings": dict(cur.timings),
         })
+        if est.pool is not None:
+            history[-1]["pool"] = est.pool
         if not s.self_consistent:
             break
         if residual < s.tol_thz:
@@ -659,13 +782,14 @@ def renormalize_temperature(
             break
         if it < n_iter - 1:
             fc_in = (1.0 - s.mixing) * fc_in + s.mixing * est.fc
-    assert est is not None and cov is not None
+    assert est is not None and cur is not None and cov is not None
     if s.self_consistent and not converged:
         warnings.warn(f"[{label}] self-consistent renormalisation at T={temperature:g} K did not converge in "
                       f"{n_iter} iterations (last residual {history[-1]['residual_thz']:.3g} THz > "
                       f"{s.tol_thz:g} THz)", stacklevel=2)
     # final estimate(s) at the last Σ
     estimates = [est]
+    sampled = [cur]  # configurations drawn from the final Σ (σᴬ)
     last_it = history[-1]["iteration"]
     for j in range(1, s.n_seeds_for_error):
         seed = derive_seed(s.seed, tkey, last_it, j)
@@ -675,7 +799,15 @@ def renormalize_temperature(
         dropped_all += [dict(d, iteration=last_it, seed_index=j) for d in e.dropped]
         for k in tim:
             tim[k] += e.timings[k]
-        estimates.append(e)
+        sampled.append(e)
+        if reuse:  # more configurations at the final Σ join the pool; errors from its batch means
+            pool.append(_Ensemble.from_estimate(e, cov, last_it, s.antithetic))
+        else:
+            estimates.append(e)
+    if reuse and len(sampled) > 1:
+        est = _pooled_estimate(ctx, pool, s.n_blocks_for_error)
+        estimates = [est]
+        history[-1]["pool_final"] = est.pool
     fc_t = np.mean([e.fc for e in estimates], axis=0)
     if len(estimates) >= 2:
         members, method = [e.fc for e in estimates], "independent seeds"
@@ -685,7 +817,7 @@ def renormalize_temperature(
         members, method = [], "none"
     _, f_t = commensurate_frequencies(sc, prim, fc_t)
     t_metrics = time.perf_counter()
-    metrics = _metrics(ctx, fc_t, f_t, f0, qpts, estimates)
+    metrics = _metrics(ctx, fc_t, f_t, f0, qpts, sampled)
     member_freqs = [commensurate_frequencies(sc, prim, m)[1] for m in members]
     if members:
         m_rf = [r_full(m, ctx.fc0) for m in members]
