@@ -59,6 +59,10 @@ class FineTuneSettings:
         Shuffling / initialisation seed.
     device
         ``cpu``, ``cuda``... (``None``: CUDA when available).
+    max_seconds
+        Wall-time budget: stop after the epoch that exceeds it (``None``: no limit). The checkpoint
+        is written every epoch, so a batch job that stops here continues with ``resume``; the
+        learning-rate schedule still runs over ``epochs``. Not part of the resume check.
     """
 
     epochs: int = 150
@@ -70,9 +74,14 @@ class FineTuneSettings:
     weight_decay: float = 0.0
     seed: int = 0
     device: str | None = None
+    max_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def resume_key(self) -> dict[str, Any]:
+        """Settings that must match for a checkpoint to be resumed (all but the time budget)."""
+        return {k: v for k, v in self.to_dict().items() if k != "max_seconds"}
 
 
 @dataclass
@@ -222,7 +231,8 @@ def fine_tune(
     best_state = copy.deepcopy(pot.model.state_dict())
     if resume and ckpt.exists():
         c = torch.load(ckpt, map_location=pot.device, weights_only=False)
-        if c["settings"] != s.to_dict() or c["base_sha256"] != base_identity["sha256"]:
+        saved = {k: v for k, v in c["settings"].items() if k != "max_seconds"}
+        if saved != s.resume_key() or c["base_sha256"] != base_identity["sha256"]:
             raise TDPhononError(None, f"{ckpt} was written with other settings or another base model; "
                                 "use a new output folder or resume=False")
         pot.model.load_state_dict(c["model"])
@@ -233,6 +243,7 @@ def fine_tune(
         rng.bit_generator.state = c["rng"]
         torch.set_rng_state(c["torch_rng"])
     stale = len(history) - 1 - best[1] if history else 0
+    stopped: str | None = None
     for epoch in range(start_epoch, s.epochs):
         pot.model.train()
         order = rng.permutation(len(tr))
@@ -271,6 +282,10 @@ def fine_tune(
         if progress:
             progress(epoch + 1, s.epochs, rec)
         if s.patience and stale >= s.patience:
+            stopped = f"early stopping: no validation improvement in {s.patience} epochs (after epoch {epoch + 1})"
+            break
+        if s.max_seconds is not None and time.perf_counter() - t_start >= s.max_seconds:
+            stopped = f"wall-time budget of {s.max_seconds:.0f} s reached after epoch {epoch + 1} of {s.epochs}"
             break
     pot.model.load_state_dict(best_state)
     pot.model.eval()
@@ -283,7 +298,7 @@ def fine_tune(
     card = {
         "name": name, "kind": "matgl", "sha256": digest, "files": files,
         "base_model": base_identity, "settings": s.to_dict(),
-        "epochs_run": len(history), "best_epoch": best[1],
+        "epochs_run": len(history), "best_epoch": best[1], "stopped_early": stopped,
         "force_mae_before": before, "force_mae_after": final,
         "units": {"force_mae": "eV/Å"}, "data": data_manifest or {},
         "train_structures": len(train), "val_structures": len(val),
@@ -320,7 +335,29 @@ def _card_markdown(card: dict[str, Any]) -> str:
         f"* model sha256 (files in this folder besides the card): `{card['sha256']}`",
         f"* trained on {card['hardware'].get('device', 'cpu')} in {card['train_seconds']:.0f} s, "
         f"{card['created']}",
+        *([f"* stopped before the last epoch: {card['stopped_early']}"] if card.get("stopped_early") else []),
+        *_evaluation_markdown(card.get("evaluation")),
         "",
         "Load with `matgl.load_model(<this folder>)` or `tdphonon ... --model <this folder>`.",
         "",
     ])
+
+
+def _evaluation_markdown(ev: dict[str, Any] | None) -> list[str]:
+    """Harmonic-phonon accuracy table of a card's ``evaluation`` block (written by the recipe)."""
+    if not ev:
+        return []
+
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    lines = ["", "## Harmonic phonon accuracy (frequency MAE, THz, against the DFT sets)", "",
+             f"{ev.get('what', '')}.", "",
+             f"* training compounds: base {f(ev.get('mae_thz_base_train'))} → fine-tuned "
+             f"{f(ev.get('mae_thz_finetuned_train'))}",
+             f"* validation compounds ({', '.join(ev.get('val_compounds', [])) or 'none'}): base "
+             f"{f(ev.get('mae_thz_base_val'))} → fine-tuned {f(ev.get('mae_thz_finetuned_val'))}", "",
+             "| set | base | fine-tuned |", "|---|---|---|"]
+    for lab, row in (ev.get("per_set") or {}).items():
+        lines.append(f"| {lab} | {f(row.get('base'))} | {f(row.get('finetuned'))} |")
+    return lines
