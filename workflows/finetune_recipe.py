@@ -108,12 +108,19 @@ def main(argv: list[str] | None = None) -> None:
                     for lab in sorted(b["materials"])},
         "seconds": time.perf_counter() - t0,
     }
+    card["licence"] = ("BSD-3-Clause, as the base model (matgl's M3GNet-MP-2021.2.8-PES weights; LICENSE-matgl in "
+                       "this folder); training data: the DFT sets of ../shared/reference under their own licences")
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(model_dir, out)
+    if (SHARED / "models" / "LICENSE-matgl").exists():
+        shutil.copy(SHARED / "models" / "LICENSE-matgl", out / "LICENSE-matgl")
     (out / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
-    (out / "README.md").write_text(_card_markdown(card))
+    md = _card_markdown(card).replace(
+        "\nLoad with", f"\nLicence: {card['licence']}.\n\nRecipe: `python workflows/finetune_recipe.py "
+        f"{' '.join(card['recipe']['argv'])}` (see its docstring).\n\nLoad with")
+    (out / "README.md").write_text(md)
     print(f"model {out} sha256 {card['sha256']}; force MAE {card['force_mae_before']} -> {card['force_mae_after']}; "
           f"phonon MAE (THz) train {b['mae_thz_train']:.3f} -> {a['mae_thz_train']:.3f}, "
           f"validation {b['mae_thz_heldout']:.3f} -> {a['mae_thz_heldout']:.3f}", flush=True)

@@ -86,7 +86,7 @@ def sha256_files(paths: Sequence[str | os.PathLike], root: str | os.PathLike | N
 
 
 #: documentation files of a model directory, left out of its sha256 (a card can then state the digest)
-MODEL_DOC_FILES = {"README.md", "model_card.json"}
+MODEL_DOC_FILES = {"README.md", "model_card.json", "LICENSE-matgl"}
 
 
 def sha256_dir(path: str | os.PathLike) -> tuple[str, dict]:

@@ -314,7 +314,11 @@ def fine_tune(
 
 def _card_markdown(card: dict[str, Any]) -> str:
     b, a = card["force_mae_before"], card["force_mae_after"]
-    data = card.get("data") or {}
+    data = dict(card.get("data") or {})
+    for split, key in (("train", "train_compounds"), ("val", "val_compounds"), ("test", "heldout_compounds")):
+        comps = ((data.get("splits") or {}).get(split) or {}).get("compounds")
+        if key not in data and comps is not None:
+            data[key] = len(comps)
 
     def _fmt(x):
         return "n/a" if x is None else f"{x:.4f}"
