@@ -11,6 +11,8 @@ universal M3GNet (../shared/models) and CHGNet 0.3.0, on the CPU. Methods (tdpho
   iteration (the estimate ⟨H⟩_{Σ(Φ_k)} that renormalize would return if it stopped there).
 * ``hiphive_style_sc``: force fit, 30 independent structures per iteration (no antithetic pairs),
   α = 0.2, 50 iterations (hiPhive's self-consistent-phonon tutorial settings: ≈ 1,500 force calls).
+* ``force_fit_sc_reuse`` / ``hessian_sc_reuse``: self-consistent with ``reuse_samples`` (every
+  estimate pools the configurations of the earlier iterations, importance-reweighted to the current Σ).
 
 Error = max |ν − ν_ref| over all branches at Γ, X, M, R (the 3 acoustic Γ modes excluded; RMS also
 stored) against a converged reference: self-consistent force fit with many configurations and
@@ -55,7 +57,8 @@ POTENTIALS = {
 TEMPERATURE = 300.0
 THRESHOLDS = {"0p05": 0.05, "0p1": 0.1}
 # run order: the Hessian methods (known to cost ≥ 480 force-call equivalents per estimate) last
-METHODS = ["force_fit_one_shot", "force_fit_sc", "hiphive_style_sc", "hessian_one_shot", "hessian_sc"]
+METHODS = ["force_fit_one_shot", "force_fit_sc", "hiphive_style_sc", "hessian_one_shot", "hessian_sc",
+           "force_fit_sc_reuse", "hessian_sc_reuse"]
 #: policy of the reference (and of SC reruns after a SamplingError with the default 0.5 THz threshold)
 REF_POLICY = {"kind": "abs", "threshold_thz": 1.5}
 ANCHORS = {"paper_single_hessian_fd": 240, "hiphive_style_30x50": 1500}
@@ -81,6 +84,8 @@ def plan(args, key: str) -> dict:
             "hiphive_style_sc": dict(n=30, mixing=0.2, max_it=3),
             "hessian_one_shot": dict(runs=[(2, 0)]),
             "hessian_sc": dict(ns=[2], mixing=0.3, max_it=2),
+            "force_fit_sc_reuse": dict(ns=[8], mixing=0.3, max_it=3),
+            "hessian_sc_reuse": dict(ns=[2], mixing=0.3, max_it=2),
         }
     ff_seeds = [0, 1] if slow else [0, 1, 2]
     return {
@@ -92,6 +97,10 @@ def plan(args, key: str) -> dict:
         "hiphive_style_sc": dict(n=30, mixing=0.2, max_it=args.hiphive_iterations or 50),
         "hessian_one_shot": dict(runs=[(2, 0)] if slow else [(2, 0), (2, 1), (4, 0)]),
         "hessian_sc": dict(ns=[2], mixing=0.3, max_it=args.hessian_sc_iterations or (2 if slow else 6)),
+        "reference_check": dict(n=32, mixing=0.4, max_it=40),
+        "force_fit_sc_reuse": dict(ns=[8, 16], mixing=0.3, max_it=15 if slow else 20),
+        # FD Hessians of CHGNet cost 240 force calls each: the analytic-Hessian model only
+        **({} if slow else {"hessian_sc_reuse": dict(ns=[2], mixing=0.3, max_it=8)}),
     }
 
 
@@ -116,11 +125,22 @@ def record_estimates(pot, steps: list):
                       "hessian_calls": pot.hessian_calls})
         return est
 
+    orig_pooled = ren._pooled_estimate
+
+    def hooked_pooled(*args, **kwargs):  # reuse_samples: the pooled estimate replaces the last one
+        est = orig_pooled(*args, **kwargs)
+        if steps:
+            steps[-1]["fc"] = est.fc.copy()
+            steps[-1]["pool"] = {k: v for k, v in est.pool.items() if k != "ensembles"}
+        return est
+
     ren._estimate = hooked
+    ren._pooled_estimate = hooked_pooled
     try:
         yield
     finally:
         ren._estimate = orig
+        ren._pooled_estimate = orig_pooled
 
 
 class Bench:
@@ -214,7 +234,8 @@ class Bench:
     def _step(self, s: dict, c0: int, h0: int, t0: float) -> dict:
         fc, hc = s["force_calls"] - c0, s["hessian_calls"] - h0
         return {"tag": s["tag"], "seconds": s["t"] - t0, "force_calls_raw": fc, "hessian_calls": hc,
-                "force_call_equivalents": self.equiv(fc, hc), "frequencies": self.named(s["fc"])}
+                "force_call_equivalents": self.equiv(fc, hc), "frequencies": self.named(s["fc"]),
+                **({"pool": s["pool"]} if "pool" in s else {})}
 
 
 def tdph_settings(**kw):
@@ -397,8 +418,38 @@ def summarize(entry: dict) -> None:
                          "converged": r1.get("converged")}
         ref["total_force_call_equivalents"] = ref["force_call_equivalents"] + (r1.get("force_call_equivalents") or 0)
         ref["total_seconds"] = ref["seconds"] + (r1.get("seconds") or 0)
-    entry["reference"] = ref
+    chk = runs.get("reference_check")
+    if chk and "error" not in chk:
+        # the reference's own self-consistency: a long reuse run warm-started from it
+        ref["check"] = {
+            "what": "independent long self-consistent force fit with reuse_samples (from Φ⁰, other seed); "
+                    "its final frequencies compared with the reference's",
+            "settings": chk["settings"], "force_call_equivalents": chk["force_call_equivalents"],
+            "seconds": chk["seconds"], "residuals_thz": chk["residuals_thz"],
+            "frequencies": chk["final_frequencies"],
+            "difference_thz": freq_error(chk["final_frequencies"], ref["frequencies"]),
+            "pool": (chk["steps"][-1].get("pool") if chk.get("steps") else None),
+        }
     rf = ref["frequencies"]
+    ref["scored_against"] = "reference"
+    if "check" in ref and ref["check"]["residuals_thz"][-1] < 0.5 * ref["residuals_thz"][-1]:
+        # the stage-2 reference stopped far from its fixed point (3 iterations): its last residual is
+        # several times the check run's, so errors are measured against the converged check run
+        c = ref["check"]
+        errs = chk.get("errors") or {}
+        rf = c["frequencies"]
+        ref["scored_against"] = "check"
+        ref["scored_reason"] = (f"last SC residual of the reference {ref['residuals_thz'][-1]:.3f} THz vs "
+                                f"{c['residuals_thz'][-1]:.3f} THz for the check run (pool of "
+                                f"{(c.get('pool') or {}).get('n_configurations')} configurations)")
+        ref["reference_stage2_frequencies"] = ref["frequencies"]
+        ref["frequencies"] = rf
+        ref["reference_stage2_max_standard_error_thz"] = ref["max_standard_error_thz"]
+        ref["reference_stage2_rms_standard_error_thz"] = ref["rms_standard_error_thz"]
+        ref["max_standard_error_thz"] = errs.get("max_frequency_error_thz")
+        ref["rms_standard_error_thz"] = None
+        ref["standard_error_method"] = errs.get("method")
+    entry["reference"] = ref
     methods = {}
     for m in METHODS:
         mr = {k.split("/", 1)[1]: v for k, v in runs.items() if k.startswith(m + "/")}
@@ -501,6 +552,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hessian-sc-iterations", type=int, default=None)
     ap.add_argument("--hessian-repeats", type=int, default=1)
     ap.add_argument("--no-routes", action="store_true", help="skip the Hessian-route timings")
+    ap.add_argument("--reference-check", action="store_true",
+                    help="also run an independent long SC reuse run and compare it with the reference")
     ap.add_argument("--retry-errors", action="store_true", help="rerun runs stored with an error")
     ap.add_argument("--plot-only", action="store_true", help="re-summarise --out and redraw the plot")
     args = ap.parse_args(argv)
@@ -601,6 +654,11 @@ def run_potential(args, results: dict, out: Path, key: str) -> None:
         hr = entry["hessian_routes"]
         print(json.dumps(hr["agreement"]), hr["speedup_vs_matgl_calc_hessian"], flush=True)
         save()
+    if args.reference_check and "reference" in entry["runs"]:
+        rc = p["reference_check"]
+        do("reference_check", tdph_settings(estimator="force_fit", n_configurations=rc["n"], self_consistent=True,
+                                            mixing=rc["mixing"], tol_thz=1e-6, max_iterations=rc["max_it"],
+                                            reuse_samples=True, seed=777, policy=REF_POLICY))
     for m in args.methods:
         if m not in p:
             continue
@@ -614,9 +672,11 @@ def run_potential(args, results: dict, out: Path, key: str) -> None:
             do_sc(f"{m}/n={q['n']}/mixing={q['mixing']}", estimator="force_fit", n_configurations=q["n"],
                   antithetic=False, mixing=q["mixing"], max_iterations=q["max_it"], seed=100)
         else:
+            reuse = m.endswith("_reuse")
             for n in q["ns"]:
-                do_sc(f"{m}/n={n}/mixing={q['mixing']}", estimator=m.removesuffix("_sc"), n_configurations=n,
-                      mixing=q["mixing"], max_iterations=q["max_it"], seed=200)
+                do_sc(f"{m}/n={n}/mixing={q['mixing']}", estimator=m.removesuffix("_reuse").removesuffix("_sc"),
+                      n_configurations=n, mixing=q["mixing"], max_iterations=q["max_it"], seed=200,
+                      reuse_samples=reuse)
     save()
 
 
@@ -672,12 +732,21 @@ def finish(results: dict, out: Path, plot: bool) -> None:
                                              "trajectory per variant (no seed average)",
         "self_consistent_runs": "tol_thz tiny so that every run does max_iterations; "
                                 "library_stop_* gives where tol 0.05 THz would have stopped it",
+        "reference_check": "independent self-consistent force fit with reuse_samples from Φ⁰ (32 configurations per "
+                           "iteration, 40 iterations, other seed); when the stage-2 reference's last residual is more "
+                           "than twice the check run's, every error is measured against the check run "
+                           "(reference.scored_against; for M3GNet the stage-2 reference had residuals 0.44-0.49 THz, "
+                           "i.e. it was not at its fixed point, and differed from the converged check by 0.34 THz)",
         "reference": "self-consistent force fit (antithetic pairs, mixing 0.4) in two stages: stage 1 from Φ⁰ with "
                      "fewer configurations, stage 2 warm-started from stage 1's Φ(T) with many configurations; "
                      "final Φ = mean of n_seeds_for_error independent estimates at the final Σ; standard error "
                      "from those seeds (see plan and reference.max_standard_error_thz)",
         "hiphive_style_sc": "force_fit, 30 independent (non-antithetic) configurations per iteration, mixing "
                             "α = 0.2, 50 iterations (hiPhive self-consistent phonon tutorial), symfc fit",
+        "sc_reuse": "force_fit_sc_reuse / hessian_sc_reuse: the same SC iteration with reuse_samples=True — each "
+                    "estimate uses the configurations of all earlier iterations whose effective sample size for "
+                    "the current Σ is ≥ 30 %, importance-reweighted (balance heuristic); the recorded estimate is "
+                    "the pooled one (steps[].pool gives its size and effective sample size)",
         "anchors_force_calls": ANCHORS,
         "goal": "0.05 THz at ≤ 1/10 of the hiPhive-style cost (≤ 150 force calls)",
         "wall_time": "CPU, 1 torch thread, nice 10, another benchmark running on the second core: timings are "
@@ -701,7 +770,7 @@ def plot_cost(results: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(2, len(pots), figsize=(6.0 * len(pots), 8.4), squeeze=False)
     colors = {"hessian_one_shot": "C0", "force_fit_one_shot": "C1", "hessian_sc": "C2", "force_fit_sc": "C3",
-              "hiphive_style_sc": "C4"}
+              "hiphive_style_sc": "C4", "force_fit_sc_reuse": "C5", "hessian_sc_reuse": "C6"}
     styles = ["-", "--", ":", "-."]
     for col, (key, e) in enumerate(pots.items()):
         ref = e.get("reference", {})
