@@ -245,7 +245,7 @@ def test_pooled_weights_are_uniform_for_one_gaussian(nacl):
     u = sample_displacements(hot, supercell_to_ase(ph.supercell), 8, seed=9).displacements
     est = _Estimate(fc0, None, None, np.zeros(8, int), u, -(u.reshape(8, -1) @ fc_to_matrix(fc0).T).reshape(u.shape),
                     [], 0, 0, 1.0, {})
-    pooled = _pooled_estimate(_Ctx(), pool + [_Ensemble.from_estimate(est, hot, 3, antithetic=True)], 4)
+    pooled = _pooled_estimate(_Ctx(), [*pool, _Ensemble.from_estimate(est, hot, 3, antithetic=True)], 4)
     assert pooled.pool["iterations_used"] == [3]
 
 

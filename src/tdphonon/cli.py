@@ -25,8 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Temperature-dependent phonons of crystals with machine-learning potentials.")
 console = Console(stderr=True)
 
-#: Default model of the CLI: the project's shipped model when present, else SevenNet-0 (weights in
-#: the sevenn wheel; smooth for cubic perovskites, unlike CHGNet's 180° angle kink).
+#: Default model of the CLI: ``default`` = :data:`tdphonon.potentials.DEFAULT_MODEL_SPEC` (SevenNet-0,
+#: weights in the sevenn wheel; see there why the shipped tdphonon-m3gnet is not the default yet).
 DEFAULT_MODEL = os.environ.get("TDPHONON_MODEL", "default")
 
 
@@ -77,8 +77,8 @@ def _fail(exc: Exception) -> None:
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model spec: matgl dir, matgl:<name>, chgnet, "
-                                       "sevennet-0, atomate2:<name>, harmonic:<phonopy yaml>; 'default' = "
-                                       "shipped model or SevenNet-0")]
+                                       "sevennet-0, tdphonon-m3gnet (shipped fine-tuned M3GNet), atomate2:<name>, "
+                                       "harmonic:<phonopy yaml>; 'default' = SevenNet-0")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="output folder")]
 StructureArg = Annotated[Path, typer.Argument(help="CIF / POSCAR / any pymatgen-readable structure")]
 RelaxOpt = Annotated[bool, typer.Option(help="relax with the space group fixed")]
