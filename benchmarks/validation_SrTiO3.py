@@ -166,7 +166,8 @@ def ml_branch(args, model: str | None = None, previous: dict | None = None) -> d
 
         card = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
         out["note"] = ("the project's model: M3GNet-MP-2021.2.8-PES fine-tuned on the shared DFT harmonic sets, "
-                       "which include this PBEsol SrTiO3 data (harmonic set and the large-amplitude configurations)")
+                       "which include the harmonic set of this PBEsol SrTiO3 data (its large-amplitude md+random "
+                       "configurations were not used)")
         out["model_card"] = {k: card.get(k) for k in ("name", "sha256", "epochs_run", "best_epoch", "settings",
                                                        "force_mae_before", "force_mae_after", "evaluation")}
     else:

@@ -13,9 +13,11 @@ Steps (the same functions as `tdphonon finetune dataset|train|evaluate`):
 1. every set of ``../shared/reference`` whose supercell has at most ``--max-atoms`` atoms
    (the 512-atom NaCl/MgO phono3py supercells repeat compounds that smaller sets cover);
 2. ``--n-random`` configurations per set with random displacements of 0.01–0.05 Å and forces
-   F = −Φu (the paper's recipe), plus up to ``--max-raw`` raw DFT random-displacement configurations
-   per set used as they are (for SrTiO3: the 40 large-amplitude PBEsol configurations, which carry
-   the real anharmonicity). No *thermal* configurations with F = −Φu: at thermal amplitudes the
+   F = −Φu (the paper's recipe), plus up to ``--max-raw`` raw DFT configurations per set of the
+   kinds ``--raw-kinds`` used as they are (default ``random``: the random-displacement sets of AlN,
+   NaCl ×3; the shipped model was trained so). SrTiO3's 40 large-amplitude PBEsol configurations are
+   of kind ``md+random`` and were *not* included; adding them (``--raw-kinds random md+random``) is
+   the next experiment for the soft modes. No *thermal* configurations with F = −Φu: at thermal amplitudes the
    harmonic forces are wrong (soft-mode double wells become pure inverted parabolas), and training on
    them would teach the model to be harmonic exactly where TDPH measures anharmonicity;
 3. 5 % of the compounds (seeded) for validation and model selection; nothing else held out
@@ -50,7 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--max-atoms", type=int, default=200)
     ap.add_argument("--n-random", type=int, default=10)
-    ap.add_argument("--max-raw", type=int, default=40, help="raw DFT random-displacement configurations per set")
+    ap.add_argument("--max-raw", type=int, default=40, help="raw DFT configurations per set")
+    ap.add_argument("--raw-kinds", nargs="+", default=["random"], help="kinds of raw DFT sets to include")
     ap.add_argument("--max-hours", type=float, default=None, help="wall-time budget of the training")
     ap.add_argument("--device", default=None)
     ap.add_argument("--work", default=str(ROOT / "out" / "finetune_recipe"))
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     rep = read_reference_collection(SHARED / "reference", skip_larger_than=args.max_atoms)
     print(f"{len(rep.entries)} sets read, {len(rep.skipped)} skipped ({time.perf_counter() - t0:.0f} s)", flush=True)
     if not (ds_dir / "manifest.json").exists():
-        st = DatasetSettings(n_random=args.n_random, include_raw=True, raw_kinds=("random",),
+        st = DatasetSettings(n_random=args.n_random, include_raw=True, raw_kinds=tuple(args.raw_kinds),
                              max_raw_per_set=args.max_raw, val_fraction=0.05, seed=0)
         ds = build_dataset(list(rep.entries) + list(rep.skipped), st)
         write_dataset(ds, ds_dir, overwrite=True)
