@@ -420,7 +420,7 @@ def summarize(entry: dict) -> None:
         ref["total_seconds"] = ref["seconds"] + (r1.get("seconds") or 0)
     chk = runs.get("reference_check")
     if chk and "error" not in chk:
-        # the reference's own self-consistency: a long reuse run warm-started from it
+        # an independent long reuse run from Φ⁰: tests whether the reference reached its fixed point
         ref["check"] = {
             "what": "independent long self-consistent force fit with reuse_samples (from Φ⁰, other seed); "
                     "its final frequencies compared with the reference's",
@@ -735,8 +735,8 @@ def finish(results: dict, out: Path, plot: bool) -> None:
         "reference_check": "independent self-consistent force fit with reuse_samples from Φ⁰ (32 configurations per "
                            "iteration, 40 iterations, other seed); when the stage-2 reference's last residual is more "
                            "than twice the check run's, every error is measured against the check run "
-                           "(reference.scored_against; for M3GNet the stage-2 reference had residuals 0.44-0.49 THz, "
-                           "i.e. it was not at its fixed point, and differed from the converged check by 0.34 THz)",
+                           "(reference.scored_against / scored_reason; reference.check.difference_thz gives how far "
+                           "the stage-2 reference was from it)",
         "reference": "self-consistent force fit (antithetic pairs, mixing 0.4) in two stages: stage 1 from Φ⁰ with "
                      "fewer configurations, stage 2 warm-started from stage 1's Φ(T) with many configurations; "
                      "final Φ = mean of n_seeds_for_error independent estimates at the final Σ; standard error "
@@ -749,10 +749,10 @@ def finish(results: dict, out: Path, plot: bool) -> None:
                     "the pooled one (steps[].pool gives its size and effective sample size)",
         "anchors_force_calls": ANCHORS,
         "goal": "0.05 THz at ≤ 1/10 of the hiPhive-style cost (≤ 150 force calls)",
-        "wall_time": "CPU, 1 torch thread, nice 10, another benchmark running on the second core: timings are "
-                     "indicative",
+        "wall_time": "CPU, 1 torch thread, nice 10, other jobs (benchmarks, a fine-tuning run) sharing the 2 cores: "
+                     "timings are indicative",
     }
-    write_result(results, out)
+    write_result(results, out, compact=True)  # per-step frequencies of every run: ~2 MB indented
     if plot:
         plot_cost(results, out.with_suffix(".png"))
 

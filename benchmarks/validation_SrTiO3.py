@@ -14,24 +14,25 @@ DFT side (``../shared/reference/alamode/SrTiO3``, ALAMODE format, 2x2x2 = 40 ato
 * κ_L (phono3py RTA) with HA+3ph (harmonic imaginary modes excluded by phono3py's cutoff: not
   physical for cubic SrTiO3) and SCPH+3ph (the same Φ₃), on a stated mesh with a convergence check.
 
-ML side: the TDPH engine on SrTiO3 (2x2x2, MLIP-relaxed) at the same temperatures, one-shot and
-self-consistent force fit (with importance-reweighted sample reuse). The main ML column uses the
-project's shipped model (``default`` = tdphonon-m3gnet: M3GNet fine-tuned on the shared DFT sets,
-including these PBEsol SrTiO3 data; its card is copied into the JSON); ``--compare-models`` adds
-columns for other potentials (a column already in the previous JSON for the same model sha256 and
-settings is reused, not recomputed).
+ML side: the TDPH engine on SrTiO3 (2x2x2) at the same temperatures, one-shot and self-consistent
+force fit (with importance-reweighted sample reuse), on the DFT cell without relaxation (or, with
+``--ml-geometry relaxed``, on the model-relaxed cell). The main ML column uses the project's shipped
+model (tdphonon-m3gnet: M3GNet fine-tuned on the shared DFT sets, including the harmonic set of these
+PBEsol SrTiO3 data; its card is copied into the JSON); ``--compare-models`` adds columns for other
+potentials.
 
 Reported: Γ-TO1 (lowest optical mode at Γ, no LO–TO splitting involved) and the R-point soft mode
 at 300 K from both, against experiment (Γ-TO1 ≈ 2.6–3.0 THz at room temperature: e.g. Servoin
 et al. PRB 22, 5501 (1980); Yamanaka et al. 2000). Writes
 ``benchmarks/results/validation_SrTiO3.json`` and ``validation_SrTiO3.png``.
 
-    python benchmarks/validation_SrTiO3.py [--ml-model default] [--compare-models sevennet-0] [--skip-ml]
+    python benchmarks/validation_SrTiO3.py [--ml-model tdphonon-m3gnet] [--compare-models sevennet-0] [--skip-ml]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -132,7 +133,7 @@ def dft_branch(args) -> dict:
     }
 
 
-def ml_branch(args, model: str | None = None, previous: dict | None = None) -> dict:
+def ml_branch(args, model: str | None = None) -> dict:
     from pymatgen.core import Lattice, Structure
 
     from tdphonon.harmonic import HarmonicSettings
@@ -162,8 +163,6 @@ def ml_branch(args, model: str | None = None, previous: dict | None = None) -> d
            "geometry": {"source": args.ml_geometry, "a_angstrom": float(sto.lattice.a),
                         "relaxed_with_the_model": hs.relax}}
     if spec == "tdphonon-m3gnet":
-        import json
-
         card = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
         out["note"] = ("the project's model: M3GNet-MP-2021.2.8-PES fine-tuned on the shared DFT harmonic sets, "
                        "which include the harmonic set of this PBEsol SrTiO3 data (its large-amplitude md+random "
@@ -176,11 +175,6 @@ def ml_branch(args, model: str | None = None, previous: dict | None = None) -> d
         ts = TDPHSettings(estimator="force_fit", n_configurations=args.n_configurations, self_consistent=sc,
                           mixing=0.5, tol_thz=0.05, max_iterations=15, reuse_samples=sc,
                           policy=ModeAmplitudePolicy(kind="abs", threshold_thz=1.5), seed=0)
-        old = (previous or {}).get(name) if previous else None
-        if (old and previous.get("model", {}).get("sha256") == pot.identity.sha256
-                and old.get("settings_digest") == ts.digest() and previous.get("geometry") == out["geometry"]):
-            out[name] = old
-            continue
         t0 = time.perf_counter()
         res = run_tdph(sto, pot, list(TEMPERATURES), hs, ts, label="SrTiO3")
         named = {"harmonic": {k: np.asarray(v).tolist() for k, v in
@@ -239,12 +233,10 @@ def main(argv=None) -> None:
     from _common import write_result
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ml-model", default="default")
+    ap.add_argument("--ml-model", default="tdphonon-m3gnet")
     ap.add_argument("--compare-models", nargs="*", default=["sevennet-0"])
     ap.add_argument("--ml-geometry", choices=["dft", "relaxed"], default="dft",
                     help="ML branch on the DFT cell (default) or on the model-relaxed cubic cell")
-    ap.add_argument("--keep-previous", action="store_true",
-                    help="take comparison columns from the previous JSON as they are (no recomputation)")
     ap.add_argument("--skip-ml", action="store_true")
     ap.add_argument("--n-configurations", type=int, default=32)
     ap.add_argument("--mesh", type=int, nargs=3, default=[12, 12, 12])
@@ -255,27 +247,12 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if not DATA.is_dir():
         raise SystemExit(f"DFT data not found: {DATA}")
-    import json
-
-    prev_path = OUT / "validation_SrTiO3.json"
-    prev = json.loads(prev_path.read_text()) if prev_path.exists() else {}
-    prev_cols = [c for c in [prev.get("ml"), *(prev.get("ml_comparison") or {}).values()] if c]
-
-    def previous_for(spec):
-        return next((c for c in prev_cols if c.get("spec", c.get("model", {}).get("name", "").lower()) == spec
-                     or c.get("model", {}).get("name", "").lower() == spec.lower()), None)
-
     dft = dft_branch(args)
     ml = None if args.skip_ml else ml_branch(args)
     comparison = {}
     if not args.skip_ml:
         for m in args.compare_models:
-            col = previous_for(m) if args.keep_previous else None
-            if col is not None:
-                col = dict(col, note=(col.get("note") or "") + "; column kept from the previous run of this script "
-                           "(its own settings are in the column)")
-            else:
-                col = ml_branch(args, m, previous_for(m))
+            col = ml_branch(args, m)
             comparison[col["model"]["name"]] = col
     plot(dft, ml, OUT / "validation_SrTiO3.png", comparison)
     clean = {k: v for k, v in dft.items() if not k.startswith("_")}

@@ -4,7 +4,7 @@
     python workflows/finetune_recipe.py [--device cuda] [--epochs 150] [--max-hours H]
                                         [--out src/tdphonon/data/models/tdphonon-m3gnet]
 
-The model is written where tdphonon looks for its shipped default (``--model default``), with a
+The model is written where tdphonon looks for its shipped model (``--model tdphonon-m3gnet``), with a
 model card (``model_card.json`` + ``README.md``) that states the data, the split, the training and
 the harmonic-phonon accuracy of the base and the fine-tuned model on every set.
 
@@ -120,10 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     if (SHARED / "models" / "LICENSE-matgl").exists():
         shutil.copy(SHARED / "models" / "LICENSE-matgl", out / "LICENSE-matgl")
     (out / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
-    md = _card_markdown(card).replace(
-        "\nLoad with", f"\nLicence: {card['licence']}.\n\nRecipe: `python workflows/finetune_recipe.py "
-        f"{' '.join(card['recipe']['argv'])}` (see its docstring).\n\nLoad with")
-    (out / "README.md").write_text(md)
+    (out / "README.md").write_text(_card_markdown(card))
     print(f"model {out} sha256 {card['sha256']}; force MAE {card['force_mae_before']} -> {card['force_mae_after']}; "
           f"phonon MAE (THz) train {b['mae_thz_train']:.3f} -> {a['mae_thz_train']:.3f}, "
           f"validation {b['mae_thz_heldout']:.3f} -> {a['mae_thz_heldout']:.3f}", flush=True)

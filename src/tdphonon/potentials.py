@@ -657,7 +657,7 @@ def _load_atomate2(name: str, device: str) -> ASEPotential:
 
 
 #: What ``default`` means. The shipped ``tdphonon-m3gnet`` (16 CPU epochs) is not the default yet: it
-#: halves the harmonic error of the base M3GNet over the DFT sets, but on the SrTiO3 validation case it
+#: cuts the harmonic error of the base M3GNet on its training sets 5x, but on the SrTiO3 validation case it
 #: misses the Γ ferroelectric instability (Γ-TO1 +3.6 THz vs −1.75 THz in PBEsol DFT) and doubles the
 #: R-point one, so TDPH keeps the R mode imaginary at 300 K (benchmarks/results/validation_SrTiO3.json);
 #: SevenNet-0 stays the default until a model passes that check.

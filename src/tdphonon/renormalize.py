@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from scipy.special import logsumexp
 
 from tdphonon.errors import RelaxationError, SamplingError, TDPhononError, UnphysicalForcesError
 from tdphonon.metrics import (
@@ -440,12 +441,6 @@ class _Ensemble:
         return logp
 
 
-def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
-    m = np.max(a, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0.0)
-    return np.squeeze(m, axis=axis) + np.log(np.sum(np.exp(a - m), axis=axis))
-
-
 def _pooled_estimate(ctx: _Context, pool: list[_Ensemble], n_blocks: int) -> _Estimate:
     """⟨H⟩ at the Gaussian of the last ensemble from every usable ensemble of ``pool`` (reweighted).
 
@@ -475,15 +470,14 @@ def _pooled_estimate(ctx: _Context, pool: list[_Ensemble], n_blocks: int) -> _Es
     u = np.concatenate([e.displacements for e in used])
     f = np.concatenate([e.forces for e in used])
     sizes = np.array([len(e.displacements) for e in used], dtype=float)
-    log_mix = _logsumexp(np.stack([np.log(n / sizes.sum()) + e.log_density(u) for n, e in zip(sizes, used,
-                                                                                          strict=True)]), axis=0)
-    lw = target.log_density(u) - log_mix
+    log_rho = np.stack([e.log_density(u) for e in used])  # (ensembles, configurations); target is last
+    lw = log_rho[-1] - logsumexp(log_rho, axis=0, b=(sizes / sizes.sum())[:, None])
     w = np.exp(lw - np.max(lw))
     w *= len(w) / w.sum()
     ess = float(w.sum() ** 2 / np.sum(w**2))
-    # batch-means blocks over antithetic units of the whole pool
-    unit_ids = np.concatenate([e.units + 10**6 * k for k, e in enumerate(used)])
-    _, unit_seq = np.unique(unit_ids, return_inverse=True)
+    # batch-means blocks over the antithetic units of the whole pool, numbered consecutively
+    offsets = np.cumsum([0] + [int(e.units.max()) + 1 for e in used[:-1]])
+    unit_seq = np.concatenate([e.units + o for e, o in zip(used, offsets, strict=True)])
     nb = max(1, min(n_blocks, int(unit_seq.max()) + 1))
     block_index = unit_seq % nb
     sums = counts = None

@@ -231,8 +231,8 @@ def fine_tune(
     best_state = copy.deepcopy(pot.model.state_dict())
     if resume and ckpt.exists():
         c = torch.load(ckpt, map_location=pot.device, weights_only=False)
-        saved = {k: v for k, v in c["settings"].items() if k != "max_seconds"}
-        if saved != s.resume_key() or c["base_sha256"] != base_identity["sha256"]:
+        if (FineTuneSettings(**c["settings"]).resume_key() != s.resume_key()
+                or c["base_sha256"] != base_identity["sha256"]):
             raise TDPhononError(None, f"{ckpt} was written with other settings or another base model; "
                                 "use a new output folder or resume=False")
         pot.model.load_state_dict(c["model"])
@@ -341,6 +341,10 @@ def _card_markdown(card: dict[str, Any]) -> str:
         f"{card['created']}",
         *([f"* stopped before the last epoch: {card['stopped_early']}"] if card.get("stopped_early") else []),
         *_evaluation_markdown(card.get("evaluation")),
+        *(["", f"Known limitations: {' '.join(card['known_limitations'])}"] if card.get("known_limitations") else []),
+        *(["", f"Licence: {card['licence']}."] if card.get("licence") else []),
+        *(["", f"Recipe: `python {card['recipe']['script']} {' '.join(card['recipe'].get('argv', []))}` "
+               "(see its docstring)."] if card.get("recipe") else []),
         "",
         "Load with `matgl.load_model(<this folder>)` or `tdphonon ... --model <this folder>`.",
         "",
