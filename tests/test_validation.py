@@ -148,6 +148,79 @@ def test_fit_recovers_known_anharmonic_ifcs(fit_orders):
     with pytest.raises(ValueError, match="either cutoffs"):
         fit_ifcs(prim, structures, forces, ideal)
 
+def test_taylor_potential_with_fitted_ifcs_reproduces_the_ifc_forces():
+    """ForceConstantPotential(Φ₂ + hiPhive Φ₃/Φ₄): the hiPhive forces exactly, any atom order, any translation."""
+    from ase.build import bulk
+    from hiphive import ClusterSpace
+    from hiphive import ForceConstantPotential as HiphiveFCP
+    from hiphive.calculators import ForceConstantCalculator
+
+    from tdphonon.analytic import ForceConstantPotential
+
+    prim = bulk("NaCl", "rocksalt", a=5.64)
+    ideal = prim.repeat(3)
+    cs = ClusterSpace(prim, shell_cutoffs(prim, {2: 2, 3: 1, 4: 1}))
+    rng = np.random.default_rng(5)
+    fcs = HiphiveFCP(cs, rng.normal(scale=0.5, size=cs.n_dofs)).get_force_constants(ideal)
+    pot = ForceConstantPotential(ideal, fcs.get_fc_array(order=2), anharmonic=fcs, name="NaCl")
+    assert pot.identity.name == "NaCl+ifc34"
+    assert pot.identity.sha256 != ForceConstantPotential(ideal, fcs.get_fc_array(order=2)).identity.sha256
+    calc = ForceConstantCalculator(fcs)
+    for _ in range(3):
+        a = ideal.copy()
+        a.positions += rng.normal(scale=0.1, size=a.positions.shape)
+        a.calc = calc
+        perm = rng.permutation(len(a))
+        b = a[perm]
+        b.translate(b.cell[0])  # same configuration, one lattice vector away
+        e, f = pot.energies_and_forces([b])
+        np.testing.assert_allclose(f[0], a.get_forces()[perm], atol=1e-10)
+        assert abs(e[0] - a.get_potential_energy()) < 1e-10
+    shuffled = ideal[rng.permutation(len(ideal))]
+    with pytest.raises(ValueError, match="another supercell"):
+        ForceConstantPotential(shuffled, fcs.get_fc_array(order=2), anharmonic=fcs)
+
+
+@pytest.mark.slow
+def test_tdph_engine_on_a_quartic_ifc_potential_reproduces_scph():
+    """The stochastic engine (self-consistent force fit) and q-space SCPH agree on the same Φ₂+Φ₃+Φ₄.
+
+    EMT Cu's Φ₃/Φ₄ fitted by hiPhive define an exact Taylor potential; its cubic term averages out
+    of ⟨∂²V⟩ over a centred Gaussian, so the TDPH fixed point is the SCPH one on the same
+    (commensurate) q-points. This separates the method from the force field in the SrTiO3
+    validation. The test fails if the engine's Σ, sampling or fit is off (shift 0.6 THz at 800 K).
+    """
+    from ase import Atoms
+
+    from tdphonon.analytic import ForceConstantPotential
+    from tdphonon.renormalize import TDPHSettings, renormalize
+    from tdphonon.structures import phonopy_atoms_to_ase
+    from tdphonon.validation.scph import commensurate_frequencies
+
+    ph, proj, fc0 = _emt_phonon()
+    sc = ph.supercell
+    ideal = Atoms(sc.symbols, cell=sc.cell, scaled_positions=sc.scaled_positions, pbc=True)
+    structures, forces = rattled(ideal, 12, 0.08, np.random.default_rng(0))
+    resid = [f + np.einsum("ijab,jb->ia", fc0, s.positions - ideal.positions)
+             for f, s in zip(forces, structures, strict=True)]
+    fit = fit_ifcs(phonopy_atoms_to_ase(ph.primitive), structures, resid, ideal, cutoffs=[3.0, 3.0, 3.0],
+                   cv_splits=0, fit_orders=[3, 4])
+    fcs = fit.force_constants(ideal)
+    ref = scph(sc, ph.primitive, fc0, QuarticContraction.from_hiphive(fcs), 800.0, projector=proj, tol_thz=1e-5)
+    assert ref.converged
+    shift = np.abs(ref.frequencies_thz - ref.harmonic_frequencies_thz).max()
+    assert shift > 0.4
+    pot = ForceConstantPotential(ideal, fc0, anharmonic=fcs, name="Cu-EMT")
+    st = TDPHSettings(estimator="force_fit", n_configurations=32, self_consistent=True, reuse_samples=True,
+                      tol_thz=0.02, max_iterations=20, seed=1)
+    res = renormalize(ph, pot, [800.0], st, "Cu", projector=proj)[0]
+    assert res.converged
+    f_tdph = commensurate_frequencies(sc, ph.primitive, res.force_constants)[1]
+    dev = np.abs(f_tdph - ref.frequencies_thz).max()
+    assert dev <= 4 * np.nanmax(res.frequency_error) + 0.02, dev
+    assert dev < 0.15 * shift
+
+
 # --------------------------------------------------------------------------------------------
 # κ_L (phono3py RTA)
 # --------------------------------------------------------------------------------------------
@@ -389,6 +462,41 @@ def test_validation_flow_with_an_atomate2_static_maker(tmp_path):
                                direct["kappa_scph_3ph"]["kappa_average_wmk"], rtol=0.03)
     statics = [d for d in store.query({"metadata.tdphonon_step": {"$regex": "^reference static"}})]
     assert len(statics) == 1 + 12  # one FD displacement for fcc Cu, 12 configurations
+
+
+def test_validation_flow_with_atomate2_vasp_makers_sends_vasp_statics_to_dft_workers():
+    """Production path: atomate2's VASP relax/static makers (VASP itself is not run here).
+
+    The flow converts to a FireWorks workflow; the relax and every spawned VASP static carry the DFT
+    category; each static computes exactly one of our displaced supercells, and its VASP input set
+    (POTCAR as a spec only) is a single point of that supercell.
+    """
+    from atomate2.vasp.jobs.core import RelaxMaker, StaticMaker
+    from jobflow.managers.fireworks import flow_to_workflow
+    from pymatgen.core import Lattice, Structure
+
+    from tdphonon.validation.flows import ValidationMaker, settings_from_dict, static_forces_job
+    from tdphonon.validation.pipeline import harmonic_setup
+
+    si = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.47), ["Si"], [[0, 0, 0]]).get_primitive_structure()
+    settings = {"relax": False, "supercell_matrix": [2, 2, 2], "n_configurations": 2, "temperatures": [300.0]}
+    flow = ValidationMaker(static_maker=StaticMaker(), relax_maker=RelaxMaker(), settings=settings,
+                           campaign="vasp").make(si, "Si")
+    wf = flow_to_workflow(flow)
+    cats = {fw.name: fw.spec.get("_category") for fw in wf.fws}
+    assert cats.pop("relax") == "tdphonon-dft"
+    assert set(cats.values()) == {"tdphonon-cpu"}  # setup, spawners, fit/SCPH/κ: light jobs
+    setup = harmonic_setup(si, settings_from_dict(settings), "Si")
+    displaced = setup["displaced_structures"]
+    resp = static_forces_job.original(displaced, StaticMaker(), "Si", "harmonic", "tdphonon-dft")
+    statics = resp.replace.jobs
+    assert len(statics) == len(displaced) >= 1
+    for job, structure in zip(statics, displaced, strict=True):
+        assert job.config.manager_config["_category"] == "tdphonon-dft"
+        assert job.function_args[0] == structure
+        vis = StaticMaker().input_set_generator.get_input_set(structure, potcar_spec=True)
+        assert vis.incar["NSW"] == 0 and len(vis.poscar.structure) == 16
+        assert vis.poscar.structure == structure
 
 
 def test_kspacing_calculator_follows_the_cell_for_forces_and_relaxation():

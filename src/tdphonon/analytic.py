@@ -2,13 +2,19 @@
 
 :class:`ForceConstantPotential` is a Taylor expansion around a reference supercell:
 
-    E(u) = E₀ + ½ Σ u_ia Φ_ia,jb u_jb + (λ/4) Σ_ia u_ia⁴
+    E(u) = E₀ + ½ Σ u_ia Φ_ia,jb u_jb + (λ/4) Σ_ia u_ia⁴  [+ Σ_n≥3 (1/n!) Φ⁽ⁿ⁾ u…u]
 
 with u the displacement of each atom from its reference site (minimum image), Φ a supercell force
 constant matrix (e.g. from a DFT phonopy data set) and λ an optional on-site quartic coefficient
 (eV/Å⁴). Its forces are −Φu − λu³ and its Hessian Φ + 3λ diag(u²), exactly. With λ = 0 it is purely
 harmonic, so temperature renormalisation must return Φ unchanged; with λ > 0 the thermal average of
 the Hessian over u ~ N(0, Σ) is Φ + 3λ diag(Σ) (the closed-form SCHA result).
+
+Optionally, higher-order IFCs (hiPhive ``ForceConstants`` of the same supercell, e.g. the cubic and
+quartic IFCs fitted to DFT data by :func:`tdphonon.validation.ifc.fit_ifcs`) add their Taylor terms.
+The TDPH engine run on such a potential must reproduce SCPH from the same IFCs (the cubic term
+averages out of ⟨∂²V⟩ over a centred Gaussian): the validation branch uses this to separate the
+method from the force field.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from ase import Atoms
 
 from tdphonon.errors import StructureError
-from tdphonon.potentials import ModelIdentity, Potential, _pkg_version
+from tdphonon.potentials import ModelIdentity, Potential, _pkg_version, fd_hessians
 
 
 class ForceConstantPotential(Potential):
@@ -39,12 +46,17 @@ class ForceConstantPotential(Potential):
         Energy of the reference structure (eV).
     name
         Name recorded in the model identity.
+    anharmonic
+        Optional hiPhive ``ForceConstants`` of ``reference`` (same atom order); its terms of order
+        ≥ 3 are added (its second order, if any, is ignored: Φ is ``force_constants``). Hessians are
+        then central differences of the forces instead of exact.
     """
 
     batch_size = 1024
 
     def __init__(self, reference: Atoms, force_constants: np.ndarray, quartic: float = 0.0,
-                 energy0: float = 0.0, name: str = "harmonic", source: str = "analytic") -> None:
+                 energy0: float = 0.0, name: str = "harmonic", source: str = "analytic",
+                 anharmonic=None) -> None:
         fc = np.asarray(force_constants, dtype=float)
         n = len(reference)
         if fc.shape != (n, n, 3, 3):
@@ -58,11 +70,38 @@ class ForceConstantPotential(Potential):
         h.update(np.asarray(reference.cell.array).tobytes())
         h.update(np.asarray(reference.get_scaled_positions()).tobytes())
         h.update(f"{self.quartic!r}|{self.energy0!r}".encode())
-        ident = ModelIdentity(name=name if self.quartic == 0 else f"{name}+quartic({self.quartic:g})",
+        self._anharmonic, orders = None, []
+        if anharmonic is not None:
+            self._anharmonic, orders = self._anharmonic_calculator(anharmonic, reference, h)
+        if self.quartic:
+            name = f"{name}+quartic({self.quartic:g})"
+        if orders:
+            name = f"{name}+ifc{''.join(str(o) for o in orders)}"
+        ident = ModelIdentity(name=name,
                               kind="analytic", sha256=h.hexdigest(), source=source, package="tdphonon",
                               package_version=_pkg_version("tdphonon"))
         super().__init__(ident, "cpu", sorted(set(reference.get_chemical_symbols())), max_force=1e6)
         self._inv_cell = np.linalg.inv(self.reference.cell.array)
+
+    @staticmethod
+    def _anharmonic_calculator(fcs, reference: Atoms, digest) -> tuple[Any, list[int]]:
+        """hiPhive calculator of the order ≥ 3 clusters of ``fcs`` (checked against ``reference``)."""
+        from hiphive.calculators import ForceConstantCalculator
+        from hiphive.force_constants import SortedForceConstants
+
+        sc = fcs.supercell
+        if (len(sc) != len(reference) or sc.get_chemical_symbols() != reference.get_chemical_symbols()
+                or not np.allclose(sc.cell.array, reference.cell.array, atol=1e-6)
+                or not np.allclose(sc.positions, reference.positions, atol=1e-4)):
+            raise ValueError("the anharmonic force constants belong to another supercell (or atom order)")
+        fc_dict = {c: np.asarray(v, dtype=float) for c, v in fcs.get_fc_dict().items() if len(c) >= 3}
+        for c in sorted(fc_dict):
+            digest.update(repr(c).encode())
+            digest.update(fc_dict[c].tobytes())
+        orders = sorted({len(c) for c in fc_dict})
+        if not fc_dict:
+            return None, []
+        return ForceConstantCalculator(SortedForceConstants(fc_dict, reference.copy()), max_disp=np.inf), orders
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
@@ -142,13 +181,24 @@ class ForceConstantPotential(Potential):
             uf = u.reshape(-1)
             f_ref = -(self.phi @ uf) - self.quartic * uf**3
             e = self.energy0 + 0.5 * uf @ self.phi @ uf + 0.25 * self.quartic * np.sum(uf**4)
+            if self._anharmonic is not None:
+                b = self.reference.copy()
+                b.positions = b.positions + u
+                self._anharmonic.calculate(b, ["energy", "forces"])
+                f_ref = f_ref + np.asarray(self._anharmonic.results["forces"]).reshape(-1)
+                e += float(self._anharmonic.results["energy"])
             energies.append(e)
             forces.append(f_ref.reshape(-1, 3)[order])
         return np.asarray(energies), forces
 
     def hessians(self, atoms_list: Sequence[Atoms], delta: float = 0.01,
                  labels: Sequence[str] | None = None) -> np.ndarray:
-        """Exact Hessians Φ + 3λ diag(u²) in the atom order of each structure (3N, 3N)."""
+        """Exact Hessians Φ + 3λ diag(u²) in the atom order of each structure (3N, 3N).
+
+        With higher-order IFCs: central differences of the forces (step ``delta`` Å).
+        """
+        if self._anharmonic is not None:
+            return fd_hessians(self, atoms_list, delta=delta, labels=labels)
         out = []
         for a in atoms_list:
             order, u = self.displacements(a)
