@@ -393,6 +393,19 @@ def test_phonopy_copy_and_named_qpoints(nacl):
     json.dumps(d)
     assert d["settings"]["digest"] == st.digest() and d["settings"]["model"]["kind"] == "analytic"
     assert d["mode_report"]["harmonic"]["n_imaginary"] == 0
+    assert d["mode_report"]["policy_dependent"] is False
+
+
+def test_result_says_when_the_soft_mode_policy_shaped_it(nacl):
+    """Modes below the policy threshold in the final Σ: flagged and warned (the fixed point depends on it)."""
+    ph, proj, fc0 = nacl
+    f0 = commensurate_frequencies(ph.supercell, ph.primitive, fc0)[1]
+    low = float(np.min(f0[f0 > 0.1]))  # lowest mode but the acoustic Γ ones
+    st = TDPHSettings(estimator="hessian", n_configurations=4, seed=1,
+                      policy=ModeAmplitudePolicy(kind="abs", threshold_thz=low + 0.5))
+    with pytest.warns(UserWarning, match="depends on that policy"):
+        r = renormalize(ph, _pot(ph, fc0, LAMBDA), [300.0], st, "NaCl", projector=proj)[0]
+    assert r.mode_report["policy_dependent"] is True and r.mode_report["final"]["n_affected"] > 0
 
 
 def test_settings_digest_and_roundtrip():

@@ -265,7 +265,9 @@ class RenormalizationResult:
         ``r_full``, ``r_full_noise_floor``, ``r_onsite`` (per site + maximum), ``frequency_shift``
         (commensurate q), ``anharmonicity`` (σᴬ from the final samples), ``symmetry_residual``.
     mode_report
-        Imaginary / soft modes of the harmonic model (and of the final Σ).
+        Imaginary / soft modes of the harmonic model (and of the final Σ); ``policy_dependent``: the
+        final Σ had modes set by the imaginary / near-zero policy (a warning says so), so Φ(T) — and
+        near an instability the self-consistent fixed point itself — depends on that policy.
     outliers
         Dropped configurations (empty unless ``drop_outliers``).
     symmetry
@@ -844,7 +846,15 @@ def renormalize_temperature(
     settings_d["digest"] = s.digest()
     settings_d["model"] = potential.identity.to_dict() if hasattr(potential, "identity") else None
     settings_d["projector"] = {"n_basis": ctx.projector.n_basis, "n_operations": ctx.projector.n_operations}
-    mode_report = {"harmonic": report0.to_dict(), "final": cov.report.to_dict()}
+    mode_report = {"harmonic": report0.to_dict(), "final": cov.report.to_dict(),
+                   # modes of the Φ that the final Σ was built from were treated by the policy: Φ(T)
+                   # (and, self-consistently, which fixed point is reached) depends on that choice
+                   "policy_dependent": bool(cov.report.n_affected > 0)}
+    if mode_report["policy_dependent"]:
+        warnings.warn(f"[{label}] Φ({temperature:g} K) was estimated from a covariance in which "
+                      f"{cov.report.n_affected} mode(s) ({cov.report.n_imaginary} imaginary) were set by the "
+                      f"'{s.policy.kind}' policy (threshold {s.policy.threshold_thz:g} THz): the result depends "
+                      "on that policy", stacklevel=2)
     force_calls = int(getattr(potential, "force_calls", 0)) - calls0
     hessian_calls = int(potential.hessian_calls) - int(hcalls0) if hcalls0 is not None else n_hess
     return RenormalizationResult(
