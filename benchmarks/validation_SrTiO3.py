@@ -233,6 +233,14 @@ def engine_check(dft: dict, args) -> dict:
     }
 
 
+def comparison_entry(col: dict) -> dict:
+    """A comparison column of the JSON: its 300 K Γ-TO1 / R up front, then everything."""
+    return {"gamma_to1": col["self_consistent"]["gamma_to1_thz"]["300K"],
+            "r_soft": col["self_consistent"]["r_soft_thz"]["300K"],
+            "one_shot": {"gamma_to1": col["one_shot"]["gamma_to1_thz"]["300K"],
+                         "r_soft": col["one_shot"]["r_soft_thz"]["300K"]}, **col}
+
+
 def engine_summary(check: dict) -> dict:
     """Γ-TO1 and R at 300 K of the engine check's columns."""
     return {"scph_commensurate": {"gamma_to1": check["scph_commensurate"]["gamma_to1_thz"]["300K"],
@@ -307,8 +315,11 @@ def ml_branch(args, model: str | None = None) -> dict:
         out["model_card"] = card
     elif spec == "tdphonon-m3gnet":
         c = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
+        kinds = (c.get("data") or {}).get("settings", {}).get("raw_kinds", [])
         out["note"] = ("the project's shipped model: M3GNet-MP-2021.2.8-PES fine-tuned on all shared DFT harmonic "
-                       "sets, which include the harmonic set of these SrTiO3 data (not the large-amplitude ones)")
+                       "sets, which include the harmonic set of these SrTiO3 data; raw DFT configurations of kinds "
+                       f"{kinds}" + (" (so also these large-amplitude ones)" if "md+random" in kinds
+                                     else " (not these large-amplitude ones)"))
         out["model_card"] = {k: c.get(k) for k in ("name", "sha256", "epochs_run", "best_epoch", "settings",
                                                     "force_mae_before", "force_mae_after", "evaluation")}
     else:
@@ -374,6 +385,8 @@ def main(argv=None) -> None:
     ap.add_argument("--work", default=str(ROOT / "out" / "validation_SrTiO3"), help="cache of the fine-tuned model")
     ap.add_argument("--skip-engine-check", action="store_true")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from the committed JSON")
+    ap.add_argument("--update-comparison", action="store_true",
+                    help="recompute only the --compare-models columns and update them in the committed JSON")
     ap.add_argument("--engine-check-only", action="store_true",
                     help="recompute only the engine check (IFC fit, SCPH, TDPH on the IFCs; no κ, no ML) and "
                          "update it in the committed JSON")
@@ -393,6 +406,15 @@ def main(argv=None) -> None:
         return
     if not DATA.is_dir():
         raise SystemExit(f"DFT data not found: {DATA}")
+    if args.update_comparison:
+        r = json.loads((OUT / "validation_SrTiO3.json").read_text())
+        for m in args.compare_models:
+            col = ml_branch(args, m)
+            r["ml_comparison"][col["model"]["name"]] = comparison_entry(col)
+        write_result(r, OUT / "validation_SrTiO3.json")
+        plot(r["dft"], r["ml"], OUT / "validation_SrTiO3.png", r["ml_comparison"], r.get("engine_check"))
+        print({name: {k: c[k] for k in ("gamma_to1", "r_soft")} for name, c in r["ml_comparison"].items()})
+        return
     if args.engine_check_only:
         args.skip_kappa = True
         check = engine_check(dft_branch(args), args)
@@ -428,11 +450,7 @@ def main(argv=None) -> None:
                                        dft["kappa"]["scph_3ph_wmk"], strict=True)),
         "dft": clean,
         "ml": ml,
-        "ml_comparison": {name: {"gamma_to1": c["self_consistent"]["gamma_to1_thz"]["300K"],
-                                 "r_soft": c["self_consistent"]["r_soft_thz"]["300K"],
-                                 "one_shot": {"gamma_to1": c["one_shot"]["gamma_to1_thz"]["300K"],
-                                              "r_soft": c["one_shot"]["r_soft_thz"]["300K"]},
-                                 **c} for name, c in comparison.items()},
+        "ml_comparison": {name: comparison_entry(c) for name, c in comparison.items()},
         "engine_check": check,
         "engine_check_thz_300K": None if check is None else engine_summary(check),
         "four_phonon": "not computed (no maintained Python package; see docs/validation.md)",
