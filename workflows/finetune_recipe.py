@@ -15,11 +15,14 @@ Steps (the same functions as `tdphonon finetune dataset|train|evaluate`):
 2. ``--n-random`` configurations per set with random displacements of 0.01–0.05 Å and forces
    F = −Φu (the paper's recipe), plus up to ``--max-raw`` raw DFT configurations per set of the
    kinds ``--raw-kinds`` used as they are (default ``random``: the random-displacement sets of AlN,
-   NaCl ×3; the shipped model was trained so). SrTiO3's 40 large-amplitude PBEsol configurations are
-   of kind ``md+random`` and were *not* included; adding them (``--raw-kinds random md+random``) is
-   the next experiment for the soft modes. No *thermal* configurations with F = −Φu: at thermal amplitudes the
-   harmonic forces are wrong (soft-mode double wells become pure inverted parabolas), and training on
-   them would teach the model to be harmonic exactly where TDPH measures anharmonicity;
+   NaCl ×3; the shipped model was trained so). The large-amplitude sets of SrTiO3 (40) and BaTiO3
+   (80, capped at 40) are of kind ``md+random``. Adding them (``--raw-kinds random md+random``, 16 CPU
+   epochs, 2026-11-21) did not help: validation selected epoch 3 of 16, the training-set phonon MAE
+   rose from 0.49 to 0.69 THz, and on the SrTiO3 DFT cell R stays imaginary at 300 K (−1.29 THz, not
+   converged) while the harmonic Γ-TO1 is +4.1 THz (DFT −1.75). No *thermal* configurations with
+   F = −Φu: at thermal amplitudes the harmonic forces are wrong (soft-mode double wells become
+   pure inverted parabolas), and training on them would teach the model to be harmonic exactly
+   where TDPH measures anharmonicity;
 3. 5 % of the compounds (seeded) for validation and model selection; nothing else held out
    (the held-out accuracy of this recipe is measured by ``benchmarks/finetune.py``);
 4. force-MAE training from M3GNet-MP-2021.2.8-PES, Adam with cosine decay; the best epoch on
