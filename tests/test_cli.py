@@ -29,8 +29,10 @@ def test_run_on_dft_harmonic_potential_gives_no_shift(tmp_path):
                               "--no-relax", "--supercell", "2 2 2",
                               "--estimator", "hessian", "--n-configurations", "4", "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert "depends on that policy" not in res.output  # a stable crystal: no mode set by the policy
     summary = json.loads((out / "summary.json").read_text())
     assert [t["temperature"] for t in summary["temperatures"]] == [300.0, 600.0]
+    assert not any(t["mode_report"]["policy_dependent"] for t in summary["temperatures"])
     for t in summary["temperatures"]:
         assert t["r_onsite_max"] < 1e-8 and t["r_full"] < 1e-8
         assert abs(t["frequency_shift"]) < 1e-8

@@ -218,6 +218,12 @@ def run(
         console.print(f"  T = {t['temperature']:g} K: R_full {_num(t['r_full'])}, max R_onsite "
                       f"{_num(t['r_onsite_max'])}, frequency shift {_num(t['frequency_shift'])}, "
                       f"force calls {t['force_calls']}, Hessians {t['hessian_calls']}")
+        mr = t.get("mode_report") or {}
+        if mr.get("policy_dependent"):
+            fin = mr.get("final", {})
+            console.print(f"  [yellow]note[/]: {fin.get('n_affected')} mode(s) ({fin.get('n_imaginary')} imaginary) "
+                          f"were set by the '{ts.policy.kind}' policy in the final covariance: this result depends "
+                          "on that policy (see docs/methods.md)")
     for k, v in files.items():
         console.print(f"  {k}: {v}")
 
