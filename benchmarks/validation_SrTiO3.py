@@ -40,6 +40,7 @@ et al. PRB 22, 5501 (1980); Yamanaka et al. 2000). Writes
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -68,6 +69,26 @@ def r_soft(freqs_r) -> float:
     return float(np.min(freqs_r))
 
 
+def at_300k(block: dict) -> dict:
+    """Γ-TO1 and R soft mode at 300 K of a column (a dict with ``gamma_to1_thz`` / ``r_soft_thz``)."""
+    return {"gamma_to1": block["gamma_to1_thz"]["300K"], "r_soft": block["r_soft_thz"]["300K"]}
+
+
+def scph_scan(ph, fc2, quartic, projector, qnamed: dict, **kw) -> tuple[dict, dict]:
+    """SCPH at TEMPERATURES from high to low with warm starts: ({T: SCPHResult}, {"<T>K": named frequencies})."""
+    from tdphonon.validation.pipeline import named_frequencies
+    from tdphonon.validation.scph import scph
+
+    runs, named, warm = {}, {}, None
+    for t in sorted(TEMPERATURES, reverse=True):
+        r = scph(ph.supercell, ph.primitive, fc2, quartic, t, mixing=0.3, tol_thz=1e-3, max_iterations=400,
+                 projector=projector, initial=warm, **kw)
+        warm = r.force_constants
+        runs[t] = r
+        named[f"{t:g}K"] = named_frequencies(ph, r.force_constants, qnamed)
+    return runs, named
+
+
 def dft_branch(args) -> dict:
     from tdphonon.finetune.sources import _phonopy_from_supercell, read_alamode_input, read_dfset
     from tdphonon.harmonic import band_structure
@@ -79,7 +100,7 @@ def dft_branch(args) -> dict:
     from tdphonon.validation.ifc import fit_ifcs
     from tdphonon.validation.kappa import kappa_rta, mesh_convergence
     from tdphonon.validation.pipeline import displaced_atoms, named_frequencies
-    from tdphonon.validation.scph import QuarticContraction, scph
+    from tdphonon.validation.scph import QuarticContraction
 
     t0 = time.perf_counter()
     inp = read_alamode_input(DATA / "ALM1.in")
@@ -108,14 +129,12 @@ def dft_branch(args) -> dict:
     qnamed = band_named_qpoints(band_structure(phonopy_with_force_constants(ph, fc2_tot), npoints=3))
     named = {"harmonic": named_frequencies(ph, fc2_tot, qnamed)}
     t1 = time.perf_counter()
-    scph_res, fc_t, warm = {}, {}, None
-    for t in sorted(TEMPERATURES, reverse=True):
-        r = scph(ph.supercell, ph.primitive, fc2_tot, quartic, t, mixing=0.3, tol_thz=1e-3, max_iterations=400,
-                 projector=proj, initial=warm, q_mesh=tuple(args.scph_mesh) if args.scph_mesh else None, phonon=ph)
-        warm = r.force_constants
-        fc_t[t] = r.force_constants
-        scph_res[f"{t:g}"] = {**r.to_dict(), "r_onsite_max": float(np.max(r_onsite(r.force_constants, fc2_tot)))}
-        named[f"{t:g}K"] = named_frequencies(ph, r.force_constants, qnamed)
+    runs, named_t = scph_scan(ph, fc2_tot, quartic, proj, qnamed,
+                              q_mesh=tuple(args.scph_mesh) if args.scph_mesh else None, phonon=ph)
+    named.update(named_t)
+    fc_t = {t: r.force_constants for t, r in runs.items()}
+    scph_res = {f"{t:g}": {**r.to_dict(), "r_onsite_max": float(np.max(r_onsite(r.force_constants, fc2_tot)))}
+                for t, r in runs.items()}
     t_scph = time.perf_counter() - t1
     t2 = time.perf_counter()
     temps = sorted(TEMPERATURES)
@@ -157,6 +176,7 @@ def tdph_settings(self_consistent: bool, n_configurations: int):
                         policy=ModeAmplitudePolicy(kind="abs", threshold_thz=1.5), seed=0)
 
 
+@functools.cache
 def dft_primitive():
     """The DFT branch's primitive cell (PBEsol lattice of the ALAMODE data) as a pymatgen Structure."""
     from pymatgen.io.ase import AseAtomsAdaptor
@@ -198,7 +218,6 @@ def engine_check(dft: dict, args) -> dict:
     from tdphonon.analytic import ForceConstantPotential
     from tdphonon.harmonic import HarmonicSettings
     from tdphonon.validation.pipeline import named_frequencies
-    from tdphonon.validation.scph import scph
 
     ph, ideal = dft["_phonon"], dft["_ideal"]
     if not np.allclose(ph.supercell.scaled_positions, ideal.get_scaled_positions(), atol=1e-8):
@@ -208,12 +227,9 @@ def engine_check(dft: dict, args) -> dict:
                                  source=str(DATA / "DFSET_AIMD+random"))
     t0 = time.perf_counter()
     policy = tdph_settings(True, args.n_configurations).policy  # the same soft-mode treatment as TDPH
-    scph_comm, warm = {"harmonic": named_frequencies(ph, fc2, dft["_qnamed"])}, None
-    for t in sorted(TEMPERATURES, reverse=True):
-        r = scph(ph.supercell, ph.primitive, fc2, dft["_quartic"], t, mixing=0.3, tol_thz=1e-3, max_iterations=400,
-                 projector=dft["_projector"], initial=warm, q_mesh=None, policy=policy)
-        warm = r.force_constants
-        scph_comm[f"{t:g}K"] = named_frequencies(ph, r.force_constants, dft["_qnamed"])
+    scph_comm = {"harmonic": named_frequencies(ph, fc2, dft["_qnamed"]),
+                 **scph_scan(ph, fc2, dft["_quartic"], dft["_projector"], dft["_qnamed"], q_mesh=None,
+                             policy=policy)[1]}
     t_scph = time.perf_counter() - t0
     cols = run_columns(dft_primitive(), pot, HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2)),
                        args.n_configurations)
@@ -233,20 +249,20 @@ def engine_check(dft: dict, args) -> dict:
     }
 
 
+def summary_300k(col: dict) -> dict:
+    """An ML column's 300 K Γ-TO1 / R: self-consistent, and one-shot under ``one_shot``."""
+    return {**at_300k(col["self_consistent"]), "one_shot": at_300k(col["one_shot"])}
+
+
 def comparison_entry(col: dict) -> dict:
     """A comparison column of the JSON: its 300 K Γ-TO1 / R up front, then everything."""
-    return {"gamma_to1": col["self_consistent"]["gamma_to1_thz"]["300K"],
-            "r_soft": col["self_consistent"]["r_soft_thz"]["300K"],
-            "one_shot": {"gamma_to1": col["one_shot"]["gamma_to1_thz"]["300K"],
-                         "r_soft": col["one_shot"]["r_soft_thz"]["300K"]}, **col}
+    return {**summary_300k(col), **col}
 
 
 def engine_summary(check: dict) -> dict:
     """Γ-TO1 and R at 300 K of the engine check's columns."""
-    return {"scph_commensurate": {"gamma_to1": check["scph_commensurate"]["gamma_to1_thz"]["300K"],
-                                  "r_soft": check["scph_commensurate"]["r_soft_thz"]["300K"]},
-            **{f"tdph_{k}": {"gamma_to1": check[k]["gamma_to1_thz"]["300K"], "r_soft": check[k]["r_soft_thz"]["300K"]}
-               for k in ("self_consistent", "one_shot")}}
+    return {"scph_commensurate": at_300k(check["scph_commensurate"]),
+            **{f"tdph_{k}": at_300k(check[k]) for k in ("self_consistent", "one_shot")}}
 
 
 def finetune_on_dft_data(args) -> tuple[str, dict]:
@@ -262,7 +278,8 @@ def finetune_on_dft_data(args) -> tuple[str, dict]:
     atoms, record = compound_configurations(entry, ds)
     large = [a for a in atoms if a.info["kind"] == "raw:md+random"]
     val = large[-6:]
-    train = [a for a in atoms if not any(a is v for v in val)]
+    val_ids = {id(a) for a in val}
+    train = [a for a in atoms if id(a) not in val_ids]
     settings = FineTuneSettings(epochs=args.finetune_epochs, lr=3e-4, batch_size=4, patience=0, seed=0)
     key = hashlib.sha256(json.dumps([settings.to_dict(), ds.to_dict()], sort_keys=True, default=str).encode())
     out = Path(args.work) / f"finetuned-SrTiO3-{key.hexdigest()[:12]}"
@@ -437,12 +454,8 @@ def main(argv=None) -> None:
     clean = {k: v for k, v in dft.items() if not k.startswith("_")}
     result = {
         "description": __doc__.split("\n")[0],
-        "dft_scph_thz_300K": {"gamma_to1": dft["gamma_to1_thz"]["300K"], "r_soft": dft["r_soft_thz"]["300K"]},
-        "ml_tdph_thz_300K": None if ml is None else {
-            "gamma_to1": ml["self_consistent"]["gamma_to1_thz"]["300K"],
-            "r_soft": ml["self_consistent"]["r_soft_thz"]["300K"],
-            "one_shot": {"gamma_to1": ml["one_shot"]["gamma_to1_thz"]["300K"],
-                         "r_soft": ml["one_shot"]["r_soft_thz"]["300K"]}},
+        "dft_scph_thz_300K": at_300k(dft),
+        "ml_tdph_thz_300K": None if ml is None else summary_300k(ml),
         "experiment_gamma_to1_thz_300K": list(EXPERIMENT_GAMMA_TO1_300K),
         "kappa_ha_3ph_wmk": dict(zip([f"{t:g}K" for t in dft["kappa"]["temperatures"]], dft["kappa"]["ha_3ph_wmk"],
                                      strict=True)),
