@@ -89,17 +89,15 @@ def scph_scan(ph, fc2, quartic, projector, qnamed: dict, **kw) -> tuple[dict, di
     return runs, named
 
 
-def dft_branch(args) -> dict:
+@functools.cache
+def dft_ifcs() -> dict:
+    """The DFT Φ₂ (symfc fit of DFSET_harmonic) and Φ₃/Φ₄ (hiPhive fit of the anharmonic part of
+    DFSET_AIMD+random) of the 2x2x2 supercell, with the phonopy object, projector and fit record."""
     from tdphonon.finetune.sources import _phonopy_from_supercell, read_alamode_input, read_dfset
-    from tdphonon.harmonic import band_structure
-    from tdphonon.metrics import r_onsite
-    from tdphonon.pipeline import band_named_qpoints
-    from tdphonon.renormalize import phonopy_with_force_constants
     from tdphonon.sampling import FCProjector
     from tdphonon.structures import phonopy_atoms_to_ase
     from tdphonon.validation.ifc import fit_ifcs
-    from tdphonon.validation.kappa import kappa_rta, mesh_convergence
-    from tdphonon.validation.pipeline import displaced_atoms, named_frequencies
+    from tdphonon.validation.pipeline import displaced_atoms
     from tdphonon.validation.scph import QuarticContraction
 
     t0 = time.perf_counter()
@@ -115,16 +113,31 @@ def dft_branch(args) -> dict:
     resid = f_a - harm_forces
     prim = phonopy_atoms_to_ase(ph.primitive)
     ideal = sc_atoms.copy()
-    configs = displaced_atoms(ideal, u_a)
     shells = {2: 1, 3: 3, 4: 2}
-    fit = fit_ifcs(prim, configs, list(resid), ideal, shells=shells, cv_splits=5, seed=0, fit_orders=[3, 4])
+    fit = fit_ifcs(prim, displaced_atoms(ideal, u_a), list(resid), ideal, shells=shells, cv_splits=5, seed=0,
+                   fit_orders=[3, 4])
     fcs = fit.force_constants(ideal)
-    fc2_tot = fc2
-    fc3 = fcs.get_fc_array(order=3)
-    quartic = QuarticContraction.from_hiphive(fcs)
-    t_fit = time.perf_counter() - t0
-    # force error of Φ₂ alone on the large-amplitude set: what the anharmonic fit has to explain
-    rmse_harm_only = float(np.sqrt(np.mean((f_a - harm_forces) ** 2)))
+    return {"phonon": ph, "projector": proj, "fc2": fc2, "fit": fit, "shells": shells, "ifcs": fcs,
+            "fc3": fcs.get_fc_array(order=3), "quartic": QuarticContraction.from_hiphive(fcs), "ideal": ideal,
+            "n_configurations": len(u_a), "natom": inp.natom,
+            # force error of Φ₂ alone on the large-amplitude set: what the anharmonic fit has to explain
+            "force_rmse_harmonic_only_ev_a": float(np.sqrt(np.mean(resid**2))),
+            "seconds": time.perf_counter() - t0}
+
+
+def dft_branch(args) -> dict:
+    from tdphonon.harmonic import band_structure
+    from tdphonon.metrics import r_onsite
+    from tdphonon.pipeline import band_named_qpoints
+    from tdphonon.renormalize import phonopy_with_force_constants
+    from tdphonon.validation.kappa import kappa_rta, mesh_convergence
+    from tdphonon.validation.pipeline import named_frequencies
+
+    d = dft_ifcs()
+    ph, proj, fit, fcs, fc3, quartic, ideal = (d[k] for k in ("phonon", "projector", "fit", "ifcs", "fc3",
+                                                                "quartic", "ideal"))
+    fc2_tot = d["fc2"]
+    shells, t_fit, rmse_harm_only = d["shells"], d["seconds"], d["force_rmse_harmonic_only_ev_a"]
 
     qnamed = band_named_qpoints(band_structure(phonopy_with_force_constants(ph, fc2_tot), npoints=3))
     named = {"harmonic": named_frequencies(ph, fc2_tot, qnamed)}
@@ -151,8 +164,8 @@ def dft_branch(args) -> dict:
                  "note": "HA+3ph: harmonic imaginary modes (R, M, Γ) are excluded by phono3py's frequency cutoff"}
     t_kappa = time.perf_counter() - t2
     return {
-        "data": {"harmonic": "DFSET_harmonic", "anharmonic": "DFSET_AIMD+random", "n_configurations": len(u_a),
-                 "functional": "PBEsol", "supercell_atoms": inp.natom},
+        "data": {"harmonic": "DFSET_harmonic", "anharmonic": "DFSET_AIMD+random",
+                 "n_configurations": d["n_configurations"], "functional": "PBEsol", "supercell_atoms": d["natom"]},
         "scph_q_mesh": args.scph_mesh,
         "fit": {**fit.to_dict(), "shells": {str(k): v for k, v in shells.items()},
                 "force_rmse_harmonic_only_ev_a": rmse_harm_only},

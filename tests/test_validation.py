@@ -149,13 +149,15 @@ def test_fit_recovers_known_anharmonic_ifcs(fit_orders):
         fit_ifcs(prim, structures, forces, ideal)
 
 def test_taylor_potential_with_fitted_ifcs_reproduces_the_ifc_forces():
-    """ForceConstantPotential(Φ₂ + hiPhive Φ₃/Φ₄): the hiPhive forces exactly, any atom order, any translation."""
+    """ForceConstantPotential(Φ₂ + hiPhive Φ₃/Φ₄): hiPhive's own forces and energies exactly, any atom
+    order, any translation; exact Hessians = finite differences of those forces."""
     from ase.build import bulk
     from hiphive import ClusterSpace
     from hiphive import ForceConstantPotential as HiphiveFCP
     from hiphive.calculators import ForceConstantCalculator
 
     from tdphonon.analytic import ForceConstantPotential
+    from tdphonon.potentials import fd_hessians
 
     prim = bulk("NaCl", "rocksalt", a=5.64)
     ideal = prim.repeat(3)
@@ -176,6 +178,12 @@ def test_taylor_potential_with_fitted_ifcs_reproduces_the_ifc_forces():
         e, f = pot.energies_and_forces([b])
         np.testing.assert_allclose(f[0], a.get_forces()[perm], atol=1e-10)
         assert abs(e[0] - a.get_potential_energy()) < 1e-10
+    # exact Hessians (Φ₂ + Φ₃u + ½Φ₄uu) = central differences of the forces up to O(δ²)
+    h = pot.hessians([b])[0]
+    h_fd = fd_hessians(pot, [b], delta=1e-4)[0]
+    np.testing.assert_allclose(h, h_fd, atol=1e-6 * np.abs(h).max())
+    idx = (3 * perm[:, None] + np.arange(3)).reshape(-1)  # b's atom k is reference atom perm[k]
+    assert np.abs(h - pot.phi[np.ix_(idx, idx)]).max() > 1.0  # the anharmonic part is there
     shuffled = ideal[rng.permutation(len(ideal))]
     with pytest.raises(ValueError, match="another supercell"):
         ForceConstantPotential(shuffled, fcs.get_fc_array(order=2), anharmonic=fcs)

@@ -11,15 +11,18 @@ harmonic, so temperature renormalisation must return Φ unchanged; with λ > 0 t
 the Hessian over u ~ N(0, Σ) is Φ + 3λ diag(Σ) (the closed-form SCHA result).
 
 Optionally, higher-order IFCs (hiPhive ``ForceConstants`` of the same supercell, e.g. the cubic and
-quartic IFCs fitted to DFT data by :func:`tdphonon.validation.ifc.fit_ifcs`) add their Taylor terms.
-The TDPH engine run on such a potential must reproduce SCPH from the same IFCs (the cubic term
-averages out of ⟨∂²V⟩ over a centred Gaussian): the validation branch uses this to separate the
-method from the force field.
+quartic IFCs fitted to DFT data by :func:`tdphonon.validation.ifc.fit_ifcs`) add their Taylor terms,
+evaluated exactly and vectorised (:class:`TaylorTerms`: forces, energies and Hessians). The TDPH
+engine run on such a potential must reproduce SCPH from the same IFCs (the cubic term averages out
+of ⟨∂²V⟩ over a centred Gaussian): the validation branch uses this to separate the method from the
+force field, and ``benchmarks/tdph_cost.py`` to measure the estimators against an exact reference.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,93 @@ import numpy as np
 from ase import Atoms
 
 from tdphonon.errors import StructureError
-from tdphonon.potentials import ModelIdentity, Potential, _pkg_version, fd_hessians
+from tdphonon.potentials import ModelIdentity, Potential, _pkg_version
+
+
+class TaylorTerms:
+    """Terms (1/n!) Σ Φ⁽ⁿ⁾_{x₁…xₙ} u_{x₁}…u_{xₙ} (n ≥ 3) of a Taylor potential, vectorised.
+
+    Built from a hiPhive ``fc_dict`` (sorted atom clusters → (3,)*n tensors) over flat Cartesian
+    components ``x = 3·atom + α``. Every distinct atom order of each cluster is expanded (its tensor
+    transposed accordingly) and the full symmetric tensor is then stored once per monomial
+    u_{x₁}…u_{xₙ} (x₁ ≤ … ≤ xₙ) with weight w = (multiplicity/n!)·Φ, so that
+
+    * energy   E = Σ w Π_k u_{x_k}
+    * forces   F = −∂E/∂u (one weighted bincount per factor)
+    * Hessian  H = ∂²E/∂u∂u (one per ordered pair of factors)
+
+    all exact (no finite differences).
+
+    Parameters
+    ----------
+    fc_dict
+        ``{(i, j, k[, l]): tensor}`` with sorted atom indices (hiPhive's ``get_fc_dict()``); clusters
+        of order < 3 are ignored.
+    natom
+        Number of atoms of the supercell.
+    """
+
+    def __init__(self, fc_dict: dict, natom: int) -> None:
+        self.natom = int(natom)
+        parts: dict[int, tuple[list, list]] = {}
+        for cluster, tensor in fc_dict.items():
+            n = len(cluster)
+            if n < 3:
+                continue
+            t = np.asarray(tensor, dtype=float)
+            comps = np.indices((3,) * n).reshape(n, -1).T  # (3**n, n) Cartesian indices
+            seen = set()
+            for perm in itertools.permutations(range(n)):
+                atoms = tuple(cluster[k] for k in perm)
+                if atoms in seen:
+                    continue
+                seen.add(atoms)
+                parts.setdefault(n, ([], []))[0].append(3 * np.asarray(atoms)[None, :] + comps)
+                parts[n][1].append(np.transpose(t, perm).reshape(-1))
+        #: order → (components (n, m) of each monomial, weights (m,))
+        self.terms: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for n, (ix, v) in parts.items():
+            idx = np.sort(np.concatenate(ix), axis=1)
+            val = np.concatenate(v)
+            mono, inv = np.unique(idx, axis=0, return_inverse=True)
+            # summing the (equal) values of every ordering gives multiplicity·Φ
+            w = np.bincount(inv.reshape(-1), weights=val, minlength=len(mono)) / math.factorial(n)
+            keep = w != 0.0
+            self.terms[n] = (np.ascontiguousarray(mono[keep].T), w[keep])
+
+    @property
+    def orders(self) -> list[int]:
+        return sorted(self.terms)
+
+    @staticmethod
+    def _product(u: np.ndarray, comps: np.ndarray, skip: tuple[int, ...]) -> np.ndarray:
+        out = np.ones(comps.shape[1])
+        for k in range(comps.shape[0]):
+            if k not in skip:
+                out *= u[comps[k]]
+        return out
+
+    def energy_forces(self, u: np.ndarray) -> tuple[float, np.ndarray]:
+        """Energy (eV) and forces (3N,) of the terms at displacements ``u`` (3N,) in Å."""
+        u = np.asarray(u, dtype=float).reshape(-1)
+        n3 = 3 * self.natom
+        e, f = 0.0, np.zeros(n3)
+        for comps, w in self.terms.values():
+            e += float(np.dot(w, self._product(u, comps, ())))
+            for k in range(comps.shape[0]):
+                f -= np.bincount(comps[k], weights=w * self._product(u, comps, (k,)), minlength=n3)
+        return e, f
+
+    def hessian(self, u: np.ndarray) -> np.ndarray:
+        """Hessian (3N, 3N) of the terms at displacements ``u`` (3N,), eV/Å²."""
+        u = np.asarray(u, dtype=float).reshape(-1)
+        n3 = 3 * self.natom
+        h = np.zeros(n3 * n3)
+        for comps, w in self.terms.values():
+            for k, l in itertools.permutations(range(comps.shape[0]), 2):
+                h += np.bincount(comps[k] * n3 + comps[l], weights=w * self._product(u, comps, (k, l)),
+                                 minlength=n3 * n3)
+        return h.reshape(n3, n3)
 
 
 class ForceConstantPotential(Potential):
@@ -48,8 +137,8 @@ class ForceConstantPotential(Potential):
         Name recorded in the model identity.
     anharmonic
         Optional hiPhive ``ForceConstants`` of ``reference`` (same atom order); its terms of order
-        ≥ 3 are added (its second order, if any, is ignored: Φ is ``force_constants``). Hessians are
-        then central differences of the forces instead of exact.
+        ≥ 3 are added (its second order, if any, is ignored: Φ is ``force_constants``), as exact
+        :class:`TaylorTerms` (forces, energies and Hessians).
     """
 
     batch_size = 1024
@@ -85,10 +174,7 @@ class ForceConstantPotential(Potential):
 
     @staticmethod
     def _anharmonic_calculator(fcs, reference: Atoms, digest) -> tuple[Any, list[int]]:
-        """hiPhive calculator of the order ≥ 3 clusters of ``fcs`` (checked against ``reference``)."""
-        from hiphive.calculators import ForceConstantCalculator
-        from hiphive.force_constants import SortedForceConstants
-
+        """:class:`TaylorTerms` of the order ≥ 3 clusters of hiPhive ``fcs`` (checked against ``reference``)."""
         sc = fcs.supercell
         if (len(sc) != len(reference) or sc.get_chemical_symbols() != reference.get_chemical_symbols()
                 or not np.allclose(sc.cell.array, reference.cell.array, atol=1e-6)
@@ -101,7 +187,7 @@ class ForceConstantPotential(Potential):
         orders = sorted({len(c) for c in fc_dict})
         if not fc_dict:
             return None, []
-        return ForceConstantCalculator(SortedForceConstants(fc_dict, reference.copy()), max_disp=np.inf), orders
+        return TaylorTerms(fc_dict, len(reference)), orders
 
     # -- constructors ------------------------------------------------------------------------
     @classmethod
@@ -182,27 +268,25 @@ class ForceConstantPotential(Potential):
             f_ref = -(self.phi @ uf) - self.quartic * uf**3
             e = self.energy0 + 0.5 * uf @ self.phi @ uf + 0.25 * self.quartic * np.sum(uf**4)
             if self._anharmonic is not None:
-                b = self.reference.copy()
-                b.positions = b.positions + u
-                self._anharmonic.calculate(b, ["energy", "forces"])
-                f_ref = f_ref + np.asarray(self._anharmonic.results["forces"]).reshape(-1)
-                e += float(self._anharmonic.results["energy"])
+                e_anh, f_anh = self._anharmonic.energy_forces(uf)
+                f_ref = f_ref + f_anh
+                e += e_anh
             energies.append(e)
             forces.append(f_ref.reshape(-1, 3)[order])
         return np.asarray(energies), forces
 
     def hessians(self, atoms_list: Sequence[Atoms], delta: float = 0.01,
                  labels: Sequence[str] | None = None) -> np.ndarray:
-        """Exact Hessians Φ + 3λ diag(u²) in the atom order of each structure (3N, 3N).
+        """Exact Hessians Φ + 3λ diag(u²) [+ the higher-order terms'] in the atom order of each structure.
 
-        With higher-order IFCs: central differences of the forces (step ``delta`` Å).
+        ``delta`` is unused (interface compatibility with finite differences).
         """
-        if self._anharmonic is not None:
-            return fd_hessians(self, atoms_list, delta=delta, labels=labels)
         out = []
         for a in atoms_list:
             order, u = self.displacements(a)
             h_ref = self.phi + np.diag(3.0 * self.quartic * u.reshape(-1) ** 2)
+            if self._anharmonic is not None:
+                h_ref = h_ref + self._anharmonic.hessian(u)
             idx = (3 * order[:, None] + np.arange(3)[None, :]).reshape(-1)
             out.append(h_ref[np.ix_(idx, idx)])
         self.hessian_calls += len(atoms_list)
