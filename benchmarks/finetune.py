@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-hours", type=float, default=None, help="wall-time budget of the training")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--anchor-weight", type=float, default=0.0, help="L2-SP pull towards the base weights (0: off)")
     ap.add_argument("--n-random", type=int, default=10)
     ap.add_argument("--max-atoms", type=int, default=200)
     ap.add_argument("--heldout", nargs="*", default=HELDOUT)
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     card = train(work / "dataset", base, work / "train",
                  FineTuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=0,
-                                  device=args.device,
+                                  anchor_weight=args.anchor_weight, device=args.device,
                                   max_seconds=None if args.max_hours is None else 3600.0 * args.max_hours),
                  name="M3GNet-MP-2021.2.8-PES-tdphonon-ft",
                  progress=lambda e, n, r: print(f"epoch {e}/{n} {r}", flush=True), resume=False)

@@ -78,6 +78,13 @@ def test_two_epochs_lower_the_loss_and_resume_is_exact(dataset, tmp_path):
 
     with pytest.raises(TDPhononError, match="other settings"):
         fine_tune(M3GNET_DIR, train, val, tmp_path / "cut", FineTuneSettings(epochs=3, device="cpu"))
+    # L2-SP (anchor_weight): the pull towards the base weights keeps them closer to them; the history
+    # records the squared drift ‖θ − θ_base‖² of every epoch
+    anchored = fine_tune(M3GNET_DIR, train, val, tmp_path / "anchored", FineTuneSettings(
+        epochs=2, lr=3e-4, batch_size=2, patience=0, device="cpu", anchor_weight=100.0), resume=False)
+    assert all(h["drift2"] > 0 for h in full.history)
+    assert all(a["drift2"] < 0.5 * f["drift2"] for a, f in zip(anchored.history, full.history, strict=True))
+    assert anchored.card["settings"]["anchor_weight"] == 100.0
 
 
 def test_cli_train_model_card_and_harmonic(dataset, tmp_path, si_structure):

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--anchor-weight", type=float, default=0.0, help="L2-SP pull towards the base weights (0: off)")
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--max-atoms", type=int, default=200)
     ap.add_argument("--n-random", type=int, default=10)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         print("dataset:", ds.counts(), flush=True)
     manifest = json.loads((ds_dir / "manifest.json").read_text())
     settings = FineTuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
-                                device=args.device,
+                                anchor_weight=args.anchor_weight, device=args.device,
                                 max_seconds=None if args.max_hours is None else 3600.0 * args.max_hours)
     card = train(ds_dir, base, work / "train", settings, name="tdphonon-m3gnet",
                  progress=lambda e, n, r: print(f"epoch {e}/{n}: train {r['train_mae']:.4f} "

@@ -640,6 +640,8 @@ def finetune_train(
     batch_size: Annotated[int, typer.Option(help="structures per step")] = 4,
     patience: Annotated[int, typer.Option(help="early stopping patience (epochs; 0: off)")] = 20,
     energy_weight: Annotated[float, typer.Option(help="weight of the energy term (0: forces only)")] = 0.0,
+    anchor_weight: Annotated[float, typer.Option(
+        help="L2-SP weight λ of λ‖θ − θ_base‖², keeps the weights near the base model (0: off)")] = 0.0,
     name: Annotated[str | None, typer.Option(help="name of the fine-tuned model")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
@@ -654,7 +656,8 @@ def finetune_train(
         _fail(ValueError("--base is required (e.g. a matgl model directory)"))
     try:
         st = FineTuneSettings(epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
-                              energy_weight=energy_weight, seed=seed, device=device)
+                              energy_weight=energy_weight, anchor_weight=anchor_weight, seed=seed,
+                              device=device)
         with _Progress() as prog:
             def _p(epoch, total, rec):
                 prog(f"epoch (train {rec['train_mae']:.4f}, val {rec['val_mae']:.4f} eV/Å)", epoch, total)

@@ -54,7 +54,11 @@ class FineTuneSettings:
     energy_weight
         Weight of the per-atom energy L1 term (only for structures with an energy); 0 = forces only.
     weight_decay
-        Adam weight decay.
+        Adam weight decay (pulls the weights towards zero).
+    anchor_weight
+        λ of an L2-SP penalty λ‖θ − θ_base‖² (Li et al. 2018) that pulls the weights towards the base
+        model instead, against forgetting what the base model knows about chemistry absent from the
+        data (0 = off). The per-epoch history records the squared drift ‖θ − θ_base‖².
     seed
         Shuffling / initialisation seed.
     device
@@ -72,6 +76,7 @@ class FineTuneSettings:
     patience: int = 20
     energy_weight: float = 0.0
     weight_decay: float = 0.0
+    anchor_weight: float = 0.0
     seed: int = 0
     device: str | None = None
     max_seconds: float | None = None
@@ -153,6 +158,11 @@ def _predict(pot: MatglPotential, b, lat, st, create_graph: bool):
     return energies, -grad
 
 
+def _drift(params, anchor):
+    """Squared distance ‖θ − θ_base‖² of the trainable weights from the base model (a torch scalar)."""
+    return sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+
+
 def force_mae(pot: MatglPotential, data: _Batches, batch_size: int = 8) -> float:
     """Mean absolute force-component error (eV/Å) of ``pot`` on ``data``."""
     tot, n = 0.0, 0
@@ -219,6 +229,7 @@ def fine_tune(
     tr = _Batches(pot, train)
     va = _Batches(pot, val) if val else None
     params = [p for p in pot.model.model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(s.epochs, 1), eta_min=s.lr * s.min_lr_ratio)
     history: list[dict[str, float]] = []
@@ -258,6 +269,8 @@ def fine_tune(
                     ep = torch.stack([energies[k] / nat[k] for k in have])
                     er = torch.as_tensor([e[k] / nat[k] for k in have], dtype=ep.dtype, device=ep.device)
                     loss = loss + s.energy_weight * (ep - er).abs().mean()
+            if s.anchor_weight > 0:
+                loss = loss + s.anchor_weight * _drift(params, anchor)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -266,7 +279,8 @@ def fine_tune(
         sched.step()
         pot.model.eval()
         rec = {"epoch": epoch, "train_mae": tot / max(n, 1), "val_mae": force_mae(pot, va) if va else float("nan"),
-               "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t_start}
+               "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t_start,
+               "drift2": float(_drift(params, anchor).detach())}
         history.append(rec)
         score = rec["val_mae"] if va else rec["train_mae"]
         if score < best[0]:
