@@ -58,7 +58,11 @@ POTENTIALS = {
     "SrTiO3-PBEsol-IFC-Taylor": "ifc",
     # the same IFCs on the 3x3x3 supercell (Φ₂ Fourier-interpolated from the DFT 2x2x2 set)
     "SrTiO3-PBEsol-IFC-Taylor-3x3x3": "ifc3",
+    # universal M3GNet on the 3x3x3 cell (135 atoms, ~0.5 s per force call on 2 CPU cores): reduced plan
+    "M3GNet-MP-2021.2.8-PES-3x3x3": str(SHARED / "models" / "M3GNet-MP-2021.2.8-PES"),
 }
+#: supercell size per potential (default 2)
+SUPERCELLS = {"SrTiO3-PBEsol-IFC-Taylor-3x3x3": 3, "M3GNet-MP-2021.2.8-PES-3x3x3": 3}
 TEMPERATURE = 300.0
 THRESHOLDS = {"0p05": 0.05, "0p1": 0.1}
 # run order: the Hessian methods (known to cost ≥ 480 force-call equivalents per estimate) last
@@ -82,6 +86,20 @@ def plan(args, key: str) -> dict:
     One-shot sweeps are lists of (n_configurations, seed).
     """
     slow = key.startswith("CHGNet")
+    if key == "M3GNet-MP-2021.2.8-PES-3x3x3" and not args.quick:
+        # 135 atoms, ~0.2-0.3 s per force call and ~80 s per autograd Hessian (405 rows) on 2 CPU cores:
+        # fewer seeds and iterations than the 2x2x2 plan, Hessian methods short
+        return {
+            "reference_stage1": dict(n=32, mixing=0.4, max_it=8),
+            "reference": dict(n=args.ref_configs or 128, mixing=0.4, max_it=3, seeds=6),
+            "reference_check": dict(n=16, mixing=0.4, max_it=40),
+            "force_fit_one_shot": dict(runs=[(n, sd) for n in (2, 4, 8, 16, 32, 64) for sd in (0, 1)]),
+            "force_fit_sc": dict(ns=[8, 16], mixing=0.3, max_it=15),
+            "hiphive_style_sc": dict(n=30, mixing=0.2, max_it=args.hiphive_iterations or 50),
+            "force_fit_sc_reuse": dict(ns=[8, 16], mixing=0.3, max_it=15),
+            "hessian_one_shot": dict(runs=[(2, 0)]),
+            "hessian_sc": dict(ns=[2], mixing=0.3, max_it=args.hessian_sc_iterations or 3),
+        }
     if POTENTIALS[key] == "ifc3" and not args.quick:
         # 135 atoms: fewer seeds; a Hessian counts 6N = 810 force calls here
         sc_seeds = [200, 201, 202]
@@ -666,8 +684,8 @@ def run_potential(args, results: dict, out: Path, key: str) -> None:
     from tdphonon.pipeline import named_qpoints
     from tdphonon.potentials import LOAD_SECONDS, load_potential
 
-    surrogate = ifc_surrogate(3 if POTENTIALS[key] == "ifc3" else 2) if POTENTIALS[key].startswith("ifc") else None
-    n_sc = surrogate["n"] if surrogate else 2
+    n_sc = SUPERCELLS.get(key, 2)
+    surrogate = ifc_surrogate(n_sc) if POTENTIALS[key].startswith("ifc") else None
     pot = surrogate["potential"] if surrogate else load_potential(POTENTIALS[key], device="cpu")
     entry = results["potentials"].setdefault(key, {})
     entry.setdefault("runs", {})
