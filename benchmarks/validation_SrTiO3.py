@@ -125,6 +125,13 @@ def dft_ifcs() -> dict:
             "seconds": time.perf_counter() - t0}
 
 
+def taylor_potential(ideal, fc2, ifcs, name: str = "SrTiO3-PBEsol-IFC"):
+    """The DFT Φ₂ + fitted Φ₃/Φ₄ as an exact Taylor potential (ForceConstantPotential) on ``ideal``."""
+    from tdphonon.analytic import ForceConstantPotential
+
+    return ForceConstantPotential(ideal, fc2, anharmonic=ifcs, name=name, source=str(DATA / "DFSET_AIMD+random"))
+
+
 def dft_branch(args) -> dict:
     from tdphonon.harmonic import band_structure
     from tdphonon.metrics import r_onsite
@@ -228,7 +235,6 @@ def run_columns(structure, potential, hs, n_configurations: int) -> dict:
 
 def engine_check(dft: dict, args) -> dict:
     """TDPH on the DFT IFC potential (Φ₂+Φ₃+Φ₄ Taylor expansion) vs SCPH on the same q-points."""
-    from tdphonon.analytic import ForceConstantPotential
     from tdphonon.harmonic import HarmonicSettings
     from tdphonon.validation.pipeline import named_frequencies
 
@@ -236,8 +242,7 @@ def engine_check(dft: dict, args) -> dict:
     if not np.allclose(ph.supercell.scaled_positions, ideal.get_scaled_positions(), atol=1e-8):
         raise RuntimeError("phonopy supercell and ALAMODE supercell atom orders differ")
     fc2 = dft["_fc"]["harmonic"]
-    pot = ForceConstantPotential(ideal, fc2, anharmonic=dft["_ifcs"], name="SrTiO3-PBEsol-IFC",
-                                 source=str(DATA / "DFSET_AIMD+random"))
+    pot = taylor_potential(ideal, fc2, dft["_ifcs"])
     t0 = time.perf_counter()
     policy = tdph_settings(True, args.n_configurations).policy  # the same soft-mode treatment as TDPH
     scph_comm = {"harmonic": named_frequencies(ph, fc2, dft["_qnamed"]),

@@ -85,10 +85,6 @@ class TaylorTerms:
             keep = w != 0.0
             self.terms[n] = (np.ascontiguousarray(mono[keep].T), w[keep])
 
-    @property
-    def orders(self) -> list[int]:
-        return sorted(self.terms)
-
     @staticmethod
     def _product(u: np.ndarray, comps: np.ndarray, skip: tuple[int, ...]) -> np.ndarray:
         out = np.ones(comps.shape[1])
