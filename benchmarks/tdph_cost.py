@@ -61,6 +61,8 @@ POTENTIALS = {
     # universal M3GNet on the 3x3x3 cell (135 atoms, ~0.5 s per force call on 2 CPU cores): reduced plan
     "M3GNet-MP-2021.2.8-PES-3x3x3": str(SHARED / "models" / "M3GNet-MP-2021.2.8-PES"),
 }
+#: result file per potential kind (default tdph_cost.json); one file per surrogate cell keeps each < 2 MB
+RESULT_NAMES = {"ifc": "tdph_cost_surrogate", "ifc3": "tdph_cost_surrogate_3x3x3"}
 #: supercell size per potential (default 2)
 SUPERCELLS = {"SrTiO3-PBEsol-IFC-Taylor-3x3x3": 3, "M3GNet-MP-2021.2.8-PES-3x3x3": 3}
 TEMPERATURE = 300.0
@@ -100,34 +102,26 @@ def plan(args, key: str) -> dict:
             "hessian_one_shot": dict(runs=[(2, 0)]),
             "hessian_sc": dict(ns=[2], mixing=0.3, max_it=args.hessian_sc_iterations or 3),
         }
-    if POTENTIALS[key] == "ifc3" and not args.quick:
-        # 135 atoms: fewer seeds; a Hessian counts 6N = 810 force calls here
-        sc_seeds = [200, 201, 202]
+    if POTENTIALS[key].startswith("ifc") and not args.quick:
+        # exact reference, cheap force calls: three seeds per SC variant, sweeps up to the noise floor;
+        # shorter on the 135-atom 3x3x3 cell (a Hessian counts 6N = 810 force calls there)
+        small = POTENTIALS[key] == "ifc"
+        sc = dict(mixing=0.3, seeds=[200, 201, 202])
+        one_shot_seeds = range(5 if small else 3)
+        ff_ns = (2, 4, 8, 16, 32, 64, 128, 256) if small else (2, 4, 8, 16, 32, 64, 128)
+        h_ns = (2, 4, 8, 16, 32) if small else (2, 4, 8)
+        ff_fp = (8, 16, 32, 64, 128, 256, 512, 1024, 2048) if small else (8, 32, 128, 512)
+        h_fp = (2, 4, 8, 16, 32, 64, 128) if small else (2, 8, 32)
         return {
-            "force_fit_one_shot": dict(runs=[(n, sd) for n in (2, 4, 8, 16, 32, 64, 128) for sd in range(3)]),
-            "force_fit_sc": dict(ns=[4, 8, 16], mixing=0.3, max_it=20, seeds=sc_seeds),
-            "hiphive_style_sc": dict(n=30, mixing=0.2, max_it=args.hiphive_iterations or 50, seeds=sc_seeds),
-            "hessian_one_shot": dict(runs=[(n, sd) for n in (2, 4, 8) for sd in range(3)]),
-            "hessian_sc": dict(ns=[2], mixing=0.3, max_it=12, seeds=sc_seeds),
-            "force_fit_sc_reuse": dict(ns=[4, 8, 16], mixing=0.3, max_it=20, seeds=sc_seeds),
-            "hessian_sc_reuse": dict(ns=[2], mixing=0.3, max_it=12, seeds=sc_seeds),
-            "force_fit_at_fixed_point": dict(runs=[(n, sd) for n in (8, 32, 128, 512) for sd in range(3)]),
-            "hessian_at_fixed_point": dict(runs=[(n, sd) for n in (2, 8, 32) for sd in range(3)]),
-        }
-    if POTENTIALS[key] == "ifc" and not args.quick:
-        # force calls cost ~10 ms and the reference is exact: longer sweeps, three seeds per SC variant
-        sc_seeds = [200, 201, 202]
-        return {
-            "force_fit_one_shot": dict(runs=[(n, sd) for n in (2, 4, 8, 16, 32, 64, 128, 256) for sd in range(5)]),
-            "force_fit_sc": dict(ns=[4, 8, 16, 32], mixing=0.3, max_it=20, seeds=sc_seeds),
-            "hiphive_style_sc": dict(n=30, mixing=0.2, max_it=args.hiphive_iterations or 50, seeds=sc_seeds),
-            "hessian_one_shot": dict(runs=[(n, sd) for n in (2, 4, 8, 16, 32) for sd in range(5)]),
-            "hessian_sc": dict(ns=[2, 4], mixing=0.3, max_it=12, seeds=sc_seeds),
-            "force_fit_sc_reuse": dict(ns=[4, 8, 16], mixing=0.3, max_it=20, seeds=sc_seeds),
-            "hessian_sc_reuse": dict(ns=[2], mixing=0.3, max_it=12, seeds=sc_seeds),
-            "force_fit_at_fixed_point": dict(runs=[(n, sd) for n in (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
-                                                  for sd in range(3)]),
-            "hessian_at_fixed_point": dict(runs=[(n, sd) for n in (2, 4, 8, 16, 32, 64, 128) for sd in range(3)]),
+            "force_fit_one_shot": dict(runs=[(n, sd) for n in ff_ns for sd in one_shot_seeds]),
+            "force_fit_sc": dict(ns=[4, 8, 16, 32] if small else [4, 8, 16], max_it=20, **sc),
+            "hiphive_style_sc": dict(n=30, mixing=0.2, max_it=args.hiphive_iterations or 50, seeds=sc["seeds"]),
+            "hessian_one_shot": dict(runs=[(n, sd) for n in h_ns for sd in one_shot_seeds]),
+            "hessian_sc": dict(ns=[2, 4] if small else [2], max_it=12, **sc),
+            "force_fit_sc_reuse": dict(ns=[4, 8, 16], max_it=20, **sc),
+            "hessian_sc_reuse": dict(ns=[2], max_it=12, **sc),
+            "force_fit_at_fixed_point": dict(runs=[(n, sd) for n in ff_fp for sd in range(3)]),
+            "hessian_at_fixed_point": dict(runs=[(n, sd) for n in h_fp for sd in range(3)]),
         }
     if args.quick:
         return {
@@ -656,10 +650,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     keys = [next(k for k in POTENTIALS if pname in (k, POTENTIALS[k]) or pname.lower() in k.lower())
             for pname in args.potentials]
-    kinds = {POTENTIALS[k].startswith("ifc") for k in keys}
-    if len(kinds) > 1 and not args.out:
-        ap.error("run the MLIPs and the IFC surrogates separately (tdph_cost.json / tdph_cost_surrogate.json)")
-    name = "tdph_cost_surrogate" if kinds == {True} else "tdph_cost"
+    names = {RESULT_NAMES.get(POTENTIALS[k], "tdph_cost") for k in keys}
+    if len(names) > 1 and not args.out:
+        ap.error(f"these potentials write to different files ({', '.join(sorted(names))}.json): run them separately")
+    name = names.pop()
     out = Path(args.out or OUT / (f"{name}_quick.json" if args.quick else f"{name}.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     results = {} if args.fresh or not out.exists() else json.loads(out.read_text())
@@ -789,9 +783,8 @@ def ifc_surrogate(n: int = 2) -> dict:
     symmetry- and sum-rule-projected: a well-defined potential, which is all an exact reference needs.
     """
     from phonopy.harmonic.dynmat_to_fc import DynmatToForceConstants
-    from validation_SrTiO3 import DATA, dft_ifcs, dft_primitive
+    from validation_SrTiO3 import dft_ifcs, dft_primitive, taylor_potential
 
-    from tdphonon.analytic import ForceConstantPotential
     from tdphonon.harmonic import make_phonopy, supercell_atoms
     from tdphonon.renormalize import phonopy_with_force_constants
     from tdphonon.sampling import FCProjector
@@ -815,8 +808,7 @@ def ifc_surrogate(n: int = 2) -> dict:
         d.update(phonon=ph, projector=proj, fc2=proj.project(np.asarray(d2f.force_constants)), ideal=ideal,
                  ifcs=ifcs, quartic=QuarticContraction.from_hiphive(ifcs), fc3=None)
         ph.force_constants = np.ascontiguousarray(d["fc2"])
-    pot = ForceConstantPotential(d["ideal"], d["fc2"], anharmonic=d["ifcs"], name=f"SrTiO3-PBEsol-IFC-{n}x{n}x{n}",
-                                 source=str(DATA / "DFSET_AIMD+random"))
+    pot = taylor_potential(d["ideal"], d["fc2"], d["ifcs"], name=f"SrTiO3-PBEsol-IFC-{n}x{n}x{n}")
     return {**d, "n": n, "potential": pot, "structure": dft_primitive(),
             "seconds": d["seconds"] + time.perf_counter() - t0}
 
@@ -855,16 +847,12 @@ def exact_reference(sur: dict, bench) -> dict:
 
 def exact_force_constants(sur: dict, bench) -> np.ndarray:
     """The exact Φ(T) of the surrogate in the atom order of the benchmark's supercell."""
+    from tdphonon.harmonic import supercell_atoms
+
     if "exact_fc" not in sur:
         exact_reference(sur, bench)
-    a, b = bench.phonon.supercell, sur["phonon"].supercell
-    if not np.allclose(a.cell, b.cell, atol=1e-6):
-        raise RuntimeError("benchmark and surrogate supercells differ")
-    d = a.scaled_positions[:, None, :] - b.scaled_positions[None, :, :]
-    d -= np.round(d)
-    perm = np.argmin(np.linalg.norm(d @ a.cell, axis=-1), axis=1)  # bench atom i = surrogate atom perm[i]
-    if len(set(perm.tolist())) != len(perm):
-        raise RuntimeError("benchmark and surrogate supercell sites do not match one to one")
+    # the surrogate's reference supercell is in the order of its phonopy object (that of exact_fc)
+    perm, _ = sur["potential"].displacements(supercell_atoms(bench.phonon))  # bench atom i = its atom perm[i]
     return np.asarray(sur["exact_fc"])[np.ix_(perm, perm)]
 
 
@@ -927,9 +915,10 @@ def finish(results: dict, out: Path, plot: bool) -> None:
     results["method"] = {
         "material": "SrTiO3 Pm-3m, examples/SrTiO3.cif, no relaxation (same Φ⁰ for all methods of one potential)",
         "supercell": "2x2x2 (40 atoms); harmonic Φ⁰ by phonopy finite displacements 0.01 Å",
-        "not_measured": "the 3x3x3 cell with the MLIPs (time budget on a 2-core CPU); it is measured on the "
-                        "IFC surrogate (tdph_cost_surrogate.json, SrTiO3-PBEsol-IFC-Taylor-3x3x3). CHGNet hessian_sc: "
-                        "2 iterations only (finite-difference Hessians, 240 force calls each)",
+        "not_measured": "the 3x3x3 cell with CHGNet (time budget on a 2-core CPU); it is measured with M3GNet "
+                        "(M3GNet-MP-2021.2.8-PES-3x3x3, shorter plan) and on the IFC surrogate "
+                        "(tdph_cost_surrogate_3x3x3.json). CHGNet hessian_sc: 2 iterations only (finite-difference "
+                        "Hessians, 240 force calls each)",
         "temperature_K": TEMPERATURE,
         "statistics": "quantum (Bose-Einstein) amplitudes for every method, hiPhive-style included",
         "mode_policy": "default ModeAmplitudePolicy (kind='abs', threshold 0.5 THz) for every method; a "
@@ -974,7 +963,8 @@ def finish(results: dict, out: Path, plot: bool) -> None:
                     "estimate uses the configurations of all earlier iterations whose effective sample size for "
                     "the current Σ is ≥ 30 %, importance-reweighted (balance heuristic); the recorded estimate is "
                     "the pooled one (steps[].pool gives its size and effective sample size)",
-        "surrogates": "tdph_cost_surrogate.json: the same methods on SrTiO3-PBEsol-IFC-Taylor (and -3x3x3), the "
+        "surrogates": "tdph_cost_surrogate.json / tdph_cost_surrogate_3x3x3.json: the same methods on "
+                      "SrTiO3-PBEsol-IFC-Taylor / -3x3x3, the "
                       "PBEsol DFT Φ₂ with the hiPhive-fitted Φ₃/Φ₄ of benchmarks/validation_SrTiO3.py as an exact "
                       "Taylor potential (tdphonon.analytic.ForceConstantPotential, ~10 ms per 40-atom force call, "
                       "exact Hessians counted as 6N force calls like autograd ones) on the DFT cell (a = 3.896 Å). Its "
@@ -984,11 +974,12 @@ def finish(results: dict, out: Path, plot: bool) -> None:
                       "(a seed that never reaches the threshold counts as infinite: seed_groups). "
                       "force_fit_at_fixed_point / hessian_at_fixed_point: one estimate at Σ of the exact Φ(T) with n "
                       "configurations — the sampling noise alone, a lower bound on the cost of any self-consistent "
-                      "scheme built on that estimator",
+                      "scheme built on that estimator. The surrogate's sha256 depends on the BLAS thread count (last "
+                      "bits of the least-squares IFC fit); these runs used OMP_NUM_THREADS=1",
         "anchors_force_calls": ANCHORS,
         "goal": "0.05 THz at ≤ 1/10 of the hiPhive-style cost (≤ 150 force calls)",
-        "wall_time": "CPU, 1 torch thread, nice 10, other jobs (benchmarks, a fine-tuning run) sharing the 2 cores: "
-                     "timings are indicative",
+        "wall_time": "CPU, 1 torch thread (2 for M3GNet-MP-2021.2.8-PES-3x3x3), nice, other jobs (benchmarks, a "
+                     "fine-tuning run) sharing the 2 cores: timings are indicative",
     }
     # per-step frequencies of every run: compact, 6 significant digits (1e-5 THz and below)
     write_result(results, out, compact=True, significant_digits=6)
