@@ -481,3 +481,119 @@ def test_force_fit_without_displacements_is_refused(nacl):
     st_h = TDPHSettings(quantum=False, n_configurations=2)
     r = renormalize(ph, _pot(ph, fc0, LAMBDA), [0.0], st_h, "NaCl-cold", projector=proj)[0]
     assert np.abs(r.force_constants - fc0).max() < 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# quartic_fit: a model-based estimator, exact (no sampling noise) when the potential is quartic
+# --------------------------------------------------------------------------------------------
+def _taylor_potential(ph, fc0, seed=2, scale3=0.5, scale4=0.5):
+    """Φ⁰ + random symmetric Φ₃/Φ₄ (hiPhive cluster space, first shell) as an exact Taylor potential.
+
+    Most random quartic terms destabilise the lattice; seed 2 at these scales stiffens it (its SCPH
+    fixed point at 600 K has no imaginary mode, and one-shot shifts reach 3.7 THz).
+    """
+    from hiphive import ClusterSpace
+    from hiphive import ForceConstantPotential as FCP
+
+    from tdphonon.validation.ifc import shell_cutoffs
+
+    prim = supercell_to_ase(ph.primitive)
+    c1 = shell_cutoffs(prim, [1])[0]
+    cs = ClusterSpace(prim, [c1, c1, c1])
+    rng = np.random.default_rng(seed)
+    params = np.zeros(cs.n_dofs)
+    for order, scale in ((3, scale3), (4, scale4)):
+        idx = np.asarray(cs.get_parameter_indices(order))
+        params[idx] = rng.normal(scale=scale, size=idx.size)
+    ref = supercell_to_ase(ph.supercell)
+    fcs = FCP(cs, params).get_force_constants(ref)
+    return ForceConstantPotential(ref, fc0, anharmonic=fcs, name="random-taylor"), fcs
+
+
+def _scph_frequencies(ph, proj, fc0, quartic, t, initial=None):
+    from tdphonon.validation.scph import scph
+
+    r = scph(ph.supercell, ph.primitive, fc0, quartic, t, mixing=0.5, tol_thz=1e-8, max_iterations=2000,
+             projector=proj, initial=initial)
+    assert r.converged
+    return r.frequencies_thz, r.force_constants
+
+
+def test_quartic_fit_is_exact_for_a_taylor_potential(nacl):
+    """Cubic + quartic Taylor potential: one-shot = P(Φ⁰ + ½Φ₄:Σ(Φ⁰)) and SC = the SCPH fixed point,
+    to round-off, from 4 configurations per iteration (the cubic forces cancel in the odd part)."""
+    from tdphonon.validation.scph import QuarticContraction
+
+    ph, proj, fc0 = nacl
+    pot, fcs = _taylor_potential(ph, fc0)
+    quartic = QuarticContraction.from_hiphive(fcs)
+    t = 600.0
+    cov0 = thermal_covariance(normal_modes(ph.supercell, fc0, ph.primitive), t).matrix
+    one_shot = proj.project(matrix_to_fc(fc_to_matrix(fc0) + quartic(cov0)))
+    assert np.abs(_freqs(ph, one_shot) - _freqs(ph, fc0)).max() > 0.3  # a large effect ...
+    st = TDPHSettings(estimator="quartic_fit", n_configurations=4, seed=1)
+    r = renormalize(ph, pot, [t], st, "NaCl-taylor", projector=proj)[0]
+    assert np.abs(r.force_constants - one_shot).max() < 1e-8  # ... reproduced exactly
+    model = r.history[0]["quartic_model"]
+    assert model["relative_residual"] < 1e-10 and model["n_pairs"] == 2
+    fp, _ = _scph_frequencies(ph, proj, fc0, quartic, t)
+    st_sc = TDPHSettings(estimator="quartic_fit", n_configurations=4, seed=1, self_consistent=True,
+                         tol_thz=1e-4, max_iterations=5)
+    r = renormalize(ph, pot, [t], st_sc, "NaCl-taylor", projector=proj)[0]
+    assert r.converged and r.n_iterations == 2  # the jump to the model's fixed point is exact
+    assert r.history[0]["model_scph"]["converged"]
+    assert np.abs(r.frequencies - fp).max() < 1e-5
+    assert r.force_calls == 8
+
+
+def test_quartic_fit_on_site_quartic_closed_form(nacl):
+    """On-site (λ/4)Σu⁴ (no sum rule on Φ₄): ⟨H⟩ = P(Φ⁰ + 3λ diag Σ) exactly, one-shot and at the
+    self-consistent fixed point; with the sum rules imposed the on-site term is not representable
+    and the fit residual says so."""
+    ph, proj, fc0 = nacl
+    pot = _pot(ph, fc0, LAMBDA)
+    for t in (300.0, 600.0):
+        st = TDPHSettings(estimator="quartic_fit", quartic_acoustic_sum_rules=False, quartic_shells=1,
+                          n_configurations=4, seed=2)
+        r = renormalize(ph, pot, [t], st, "NaCl-quartic", projector=proj)[0]
+        assert np.abs(r.force_constants - _target(ph, proj, fc0, fc0, t, "hessian")).max() < 1e-8
+        st_sc = TDPHSettings(estimator="quartic_fit", quartic_acoustic_sum_rules=False, quartic_shells=1,
+                             n_configurations=4, seed=2, self_consistent=True, tol_thz=1e-4)
+        r = renormalize(ph, pot, [t], st_sc, "NaCl-quartic", projector=proj)[0]
+        fp = _freqs(ph, _fixed_point(ph, proj, fc0, t, "hessian"))
+        assert r.converged and np.abs(r.frequencies - fp).max() < 1e-5
+    st_asr = TDPHSettings(estimator="quartic_fit", n_configurations=4, seed=2)
+    r = renormalize(ph, pot, [600.0], st_asr, "NaCl-quartic", projector=proj)[0]
+    assert r.history[0]["quartic_model"]["relative_residual"] > 1e-3
+
+
+def test_quartic_fit_harmonic_returns_phi0_and_needs_pairs(nacl):
+    ph, proj, fc0 = nacl
+    st = TDPHSettings(estimator="quartic_fit", n_configurations=4, self_consistent=True, seed=4)
+    r = renormalize(ph, _pot(ph, fc0), [300.0], st, "NaCl", projector=proj)[0]
+    assert np.abs(r.force_constants - fc0).max() < 1e-9 and r.n_iterations == 1
+    with pytest.raises(ValueError, match="antithetic"):
+        TDPHSettings(estimator="quartic_fit", antithetic=False)
+    from tdphonon.taylor import QuarticFitter
+
+    fitter = QuarticFitter(ph, proj, quartic_shells=1)
+    u = np.random.default_rng(0).normal(scale=0.05, size=(2, len(ph.supercell), 3))
+    with pytest.raises(ValueError, match="antithetic pairs"):
+        fitter.fit(u, u)
+    with pytest.raises(ValueError, match="equations for 35 parameters"):
+        fitter.fit(u[:0], u[:0])
+
+
+def test_quartic_fit_error_bars_and_sample_reuse(nacl):
+    """Independent seeds give a (tiny) error bar; pooled SC reuse keeps the exact answer."""
+    ph, proj, fc0 = nacl
+    pot, fcs = _taylor_potential(ph, fc0)
+    from tdphonon.validation.scph import QuarticContraction
+
+    fp, _ = _scph_frequencies(ph, proj, fc0, QuarticContraction.from_hiphive(fcs), 300.0)
+    st = TDPHSettings(estimator="quartic_fit", n_configurations=4, self_consistent=True, tol_thz=1e-4,
+                      n_seeds_for_error=2, reuse_samples=True, seed=5)
+    r = renormalize(ph, pot, [300.0], st, "NaCl-taylor", projector=proj)[0]
+    assert r.converged and np.abs(r.frequencies - fp).max() < 1e-5
+    assert r.history[-1]["pool"]["n_configurations"] > 4
+    assert np.nanmax(r.frequency_error) < 1e-6

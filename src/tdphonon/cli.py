@@ -132,7 +132,7 @@ def harmonic(
 
 
 TemperatureOpt = Annotated[list[float], typer.Option("--temperature", "-T", help="K (repeat for several)")]
-EstimatorOpt = Annotated[str, typer.Option(help="hessian | force_fit")]
+EstimatorOpt = Annotated[str, typer.Option(help="hessian | force_fit | quartic_fit (model-based, see docs/methods.md)")]
 SelfConsistentOpt = Annotated[bool, typer.Option("--self-consistent/--one-shot",
                                                  help="SCHA iteration with mixing (default: one-shot)")]
 NConfOpt = Annotated[int, typer.Option(help="configurations per estimate (even)")]

@@ -1,6 +1,6 @@
 """Effective (temperature-renormalised) force constants Φ(T) = ⟨∂²V/∂u∂u⟩_{Σ(T)} (physics.md §1–2).
 
-Two estimators of the thermal average of the Hessian over u ~ N(0, Σ(T)):
+Three estimators of the thermal average of the Hessian over u ~ N(0, Σ(T)):
 
 ``hessian``
     ``potential.hessians`` at every displaced supercell, averaged, converted (3N, 3N) → (N, N, 3, 3)
@@ -13,6 +13,14 @@ Two estimators of the thermal average of the Hessian over u ~ N(0, Σ(T)):
     ``{"displacements": u, "forces": F}``). By Stein's lemma E[u Fᵀ] = −Σ E[H] this converges to the
     same ⟨H⟩ for Gaussian samples with one force call per configuration instead of a Hessian.
     With ± antithetic pairs the cubic (even-force) noise cancels exactly.
+``quartic_fit``
+    Model-based (:mod:`tdphonon.taylor`): Φ₂ (same symfc basis) and Φ₄ (hiPhive cluster space up
+    to ``quartic_shells`` neighbour shells) are fitted to the odd forces [F(u) − F(−u)]/2 of the ±
+    pairs, and ⟨H⟩_Σ = Φ₂ + ½Φ₄:Σ in closed form. No sampling noise once the fit is determined (a
+    few pairs); instead the truncation error of a quartic model, measured by the fit residual
+    (recorded per iteration). Self-consistently, each iteration jumps to the SCPH fixed point of
+    the fitted model (solved on the commensurate q-points without force calls) instead of mixing,
+    so the loop stops after 2–3 iterations. Needs ``antithetic=True``.
 
 Schemes
 -------
@@ -100,7 +108,7 @@ __all__ = [
     "structure_symmetry",
 ]
 
-Estimator = Literal["hessian", "force_fit"]
+Estimator = Literal["hessian", "force_fit", "quartic_fit"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,7 +121,8 @@ class TDPHSettings:
     Attributes
     ----------
     estimator
-        ``"hessian"`` (average of model Hessians, projected) or ``"force_fit"`` (symfc least squares).
+        ``"hessian"`` (average of model Hessians, projected), ``"force_fit"`` (symfc least squares) or
+        ``"quartic_fit"`` (Φ₂ + Φ₄ fitted to the odd ± forces, ⟨H⟩ in closed form; see module docstring).
     n_configurations
         Configurations per estimate (per iteration); even when ``antithetic``.
     sampling
@@ -155,6 +164,10 @@ class TDPHSettings:
         one-iteration level.
     loose_symprec, symmetry_loss
         Tolerance used to detect a structure close to a higher symmetry, and ``"warn"``/``"raise"``.
+    quartic_shells, quartic_acoustic_sum_rules
+        ``quartic_fit`` only: neighbour shells of the Φ₄ clusters, and whether Φ₄ obeys the acoustic
+        (translational) sum rules (true for any physical potential; off only for models that pin
+        atoms, such as an on-site term).
     """
 
     estimator: Estimator = "hessian"
@@ -185,12 +198,18 @@ class TDPHSettings:
     min_effective_fraction: float = 0.3
     loose_symprec: float = 0.05
     symmetry_loss: Literal["warn", "raise"] = "warn"
+    quartic_shells: int = 2
+    quartic_acoustic_sum_rules: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.policy, dict):
             object.__setattr__(self, "policy", ModeAmplitudePolicy(**self.policy))
-        if self.estimator not in ("hessian", "force_fit"):
+        if self.estimator not in ("hessian", "force_fit", "quartic_fit"):
             raise ValueError(f"unknown estimator {self.estimator!r}")
+        if self.estimator == "quartic_fit" and not self.antithetic:
+            raise ValueError("estimator='quartic_fit' fits the odd forces of ± pairs: it needs antithetic=True")
+        if self.quartic_shells < 1:
+            raise ValueError("quartic_shells must be ≥ 1")
         if self.sampling not in ("gaussian", "fixed_amplitude"):
             raise ValueError(f"unknown sampling kind {self.sampling!r}")
         if self.n_configurations < 1 or (self.antithetic and self.n_configurations % 2):
@@ -216,8 +235,15 @@ class TDPHSettings:
         return cls(**dict(d))
 
     def digest(self) -> str:
-        """sha256 of the sorted-key JSON of :meth:`to_dict` (stable across runs and processes)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of the sorted-key JSON of :meth:`to_dict` (stable across runs and processes).
+
+        The ``quartic_*`` options enter only with ``estimator='quartic_fit'`` (the only estimator
+        they affect), so digests of the other estimators are those of earlier versions.
+        """
+        d = self.to_dict()
+        if self.estimator != "quartic_fit":
+            d = {k: v for k, v in d.items() if not k.startswith("quartic_")}
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -393,6 +419,27 @@ class _Context:
     reference: Any
     natom: int
     equivalent: np.ndarray
+    _quartic_fitter: Any = None
+
+    @property
+    def quartic_fitter(self):
+        """The :class:`~tdphonon.taylor.QuarticFitter` of this supercell (built on first use)."""
+        if self._quartic_fitter is None:
+            from tdphonon.taylor import QuarticFitter
+
+            s = self.settings
+            self._quartic_fitter = QuarticFitter(self.phonon, self.projector, quartic_shells=s.quartic_shells,
+                                                 acoustic_sum_rules=s.quartic_acoustic_sum_rules)
+        return self._quartic_fitter
+
+    def quartic_estimate(self, u: np.ndarray, f: np.ndarray, covariance: np.ndarray,
+                         weights: np.ndarray | None = None):
+        """(⟨H⟩_Σ of the fitted quartic model, projected; the model)."""
+        try:
+            model = self.quartic_fitter.fit(u, f, weights)
+        except ValueError as exc:
+            raise SamplingError(self.label, f"quartic_fit: {exc}") from exc
+        return self.projector.project(model.thermal_force_constants(covariance)), model
 
 
 @dataclass
@@ -411,6 +458,8 @@ class _Estimate:
     hessians: np.ndarray | None = None  # per kept configuration, only kept for sample reuse
     weights: np.ndarray | None = None  # importance weights (pooled estimates); None = uniform
     pool: dict | None = None  # pooled estimates: ensembles used, effective sample size
+    model: Any = None  # quartic_fit: the fitted QuarticModel
+    covariance: np.ndarray | None = None  # quartic_fit: the Σ the estimate is for (block estimates)
 
 
 @dataclass
@@ -432,6 +481,10 @@ class _Ensemble:
         n = len(est.displacements)  # kept configurations: ± pairs stay adjacent
         units = np.arange(n) // 2 if antithetic else np.arange(n)
         return cls(est.displacements, est.forces, est.hessians, units, w[keep], v[:, keep], iteration)
+
+    def covariance(self) -> np.ndarray:
+        """Σ (3N × 3N) of the Gaussian this ensemble was drawn from."""
+        return (self.eigvecs * self.eigvals) @ self.eigvecs.T
 
     def log_density(self, u: np.ndarray) -> np.ndarray:
         """log N(u; 0, Σ) up to the constant −(rank/2) log 2π; −∞ off the support of Σ."""
@@ -482,18 +535,23 @@ def _pooled_estimate(ctx: _Context, pool: list[_Ensemble], n_blocks: int) -> _Es
     unit_seq = np.concatenate([e.units + o for e, o in zip(used, offsets, strict=True)])
     nb = max(1, min(n_blocks, int(unit_seq.max()) + 1))
     block_index = unit_seq % nb
-    sums = counts = None
+    sums = counts = model = None
+    cov = None
     if s.estimator == "hessian":
         h = np.concatenate([e.hessians for e in used])
         sums = np.stack([np.tensordot(w[block_index == b], h[block_index == b], axes=1) for b in range(nb)])
         counts = np.array([w[block_index == b].sum() for b in range(nb)])
         fc = ctx.projector.project(matrix_to_fc(sums.sum(axis=0) / counts.sum()))
+    elif s.estimator == "quartic_fit":  # a fit of the potential: weights only localise it to the target Σ
+        cov = target.covariance()
+        fc, model = ctx.quartic_estimate(u, f, cov, w)
     else:
         sw = np.sqrt(w)[:, None, None]
         fc = ctx.projector.fit(u * sw, f * sw)
     pool_info = {"n_configurations": len(w), "effective_sample_size": ess,
                  "iterations_used": [e.iteration for e in used], "ensembles": per_ens}
-    return _Estimate(fc, sums, counts, block_index, u, f, [], 0, 0, float("nan"), {}, None, w, pool_info)
+    return _Estimate(fc, sums, counts, block_index, u, f, [], 0, 0, float("nan"), {}, None, w, pool_info,
+                     model, cov)
 
 
 def _evaluate_forces(ctx: _Context, cells: list,
@@ -602,7 +660,7 @@ def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_bloc
     f_keep = forces[keep]
     t2 = time.perf_counter()
     n_hess = 0
-    sums = counts = None
+    sums = counts = model = None
     if s.estimator == "hessian":
         n3 = 3 * ctx.natom
         sums = np.zeros((nb, n3, n3))
@@ -626,6 +684,9 @@ def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_bloc
         t3 = time.perf_counter()
         mean = sums.sum(axis=0) / counts.sum()
         fc = ctx.projector.project(matrix_to_fc(mean))
+    elif s.estimator == "quartic_fit":
+        t3 = time.perf_counter()
+        fc, model = ctx.quartic_estimate(u_keep, f_keep, cov.matrix)
     else:
         t3 = time.perf_counter()
         if not np.any(u_keep):
@@ -638,8 +699,10 @@ def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_bloc
                "estimator": (t4 - t3)}
     mind = float(np.min(samp.min_distances[keep])) if len(keep) else float("nan")
     hess = np.concatenate(per_config) if s.estimator == "hessian" and per_config else None
+    quartic = s.estimator == "quartic_fit"
     return _Estimate(fc, sums, counts, block_index, u_keep, f_keep, dropped, n_hess, samp.n_clipped_atoms,
-                     mind, timings, hess)
+                     mind, timings, hess, model=model if quartic else None,
+                     covariance=cov.matrix if quartic else None)
 
 
 def _block_estimates(ctx: _Context, est: _Estimate) -> list[np.ndarray]:
@@ -652,6 +715,13 @@ def _block_estimates(ctx: _Context, est: _Estimate) -> list[np.ndarray]:
                 for b in range(nb)]
     blocks = []
     sw = np.ones(len(est.displacements)) if est.weights is None else np.sqrt(est.weights)
+    if est.model is not None:  # quartic_fit: one fit per block of ± pairs, where the block determines it
+        for b in range(nb):
+            sel = est.block_index == b
+            w = None if est.weights is None else est.weights[sel]
+            if 3 * ctx.natom * int(sel.sum()) // 2 >= ctx.quartic_fitter.n_parameters:
+                blocks.append(ctx.quartic_estimate(est.displacements[sel], est.forces[sel], est.covariance, w)[0])
+        return blocks if len(blocks) >= 2 else []
     for b in range(nb):
         sel = est.block_index == b
         if 3 * ctx.natom * int(sel.sum()) >= ctx.projector.n_basis:
@@ -771,13 +841,18 @@ def renormalize_temperature(
         })
         if est.pool is not None:
             history[-1]["pool"] = est.pool
+        if est.model is not None:
+            history[-1]["quartic_model"] = est.model.to_dict()
         if not s.self_consistent:
             break
         if residual < s.tol_thz:
             converged = True
             break
         if it < n_iter - 1:
-            fc_in = (1.0 - s.mixing) * fc_in + s.mixing * est.fc
+            if est.model is not None:  # jump to the fixed point of the fitted model (no force calls)
+                fc_in = _model_fixed_point(ctx, est.model, fc_in, temperature, history[-1])
+            else:
+                fc_in = (1.0 - s.mixing) * fc_in + s.mixing * est.fc
     assert est is not None and cur is not None and cov is not None
     if s.self_consistent and not converged:
         warnings.warn(f"[{label}] self-consistent renormalisation at T={temperature:g} K did not converge in "
@@ -864,6 +939,29 @@ def renormalize_temperature(
         converged=converged, history=tuple(history), force_calls=force_calls, hessian_calls=hessian_calls,
         seeds=tuple(seeds), settings=settings_d, timings=tim, errors=errors,
         metrics=metrics, mode_report=mode_report, outliers=tuple(dropped_all), symmetry=sym)
+
+
+def _model_fixed_point(ctx: _Context, model, fc_in: np.ndarray, temperature: float, record: dict) -> np.ndarray:
+    """SCPH fixed point Φ = Φ₂ + ½Φ₄:Σ(Φ) of a fitted quartic model, started from ``fc_in``.
+
+    Falls back to the mixed update (1 − α) Φ_in + α ⟨H⟩ when the model's own iteration does not
+    converge (e.g. a fitted Φ₄ that destabilises a soft mode); ``record`` notes which was used.
+    """
+    from tdphonon.validation.scph import scph
+
+    s = ctx.settings
+    ph = ctx.phonon
+    t0 = time.perf_counter()
+    r = scph(ph.supercell, ph.primitive, model.fc2, model.quartic, temperature, mixing=s.mixing,
+             tol_thz=min(1e-3, 0.1 * s.tol_thz), max_iterations=500, quantum=s.quantum,
+             projector=ctx.projector, policy=s.policy, initial=fc_in)
+    record["model_scph"] = {"converged": r.converged, "n_iterations": r.n_iterations,
+                            "seconds": time.perf_counter() - t0}
+    if r.converged:
+        return r.force_constants
+    cov = thermal_covariance(normal_modes(ph.supercell, fc_in, ph.primitive, method=s.mode_method), temperature,
+                             s.quantum, s.policy).matrix
+    return (1.0 - s.mixing) * fc_in + s.mixing * ctx.projector.project(model.thermal_force_constants(cov))
 
 
 def _gamma_acoustic_mask(qpts: np.ndarray, freqs: np.ndarray) -> np.ndarray:

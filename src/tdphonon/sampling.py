@@ -168,6 +168,22 @@ class FCProjector:
         out = self._cmat @ x
         return np.array(np.asarray(out).reshape(fc.shape), dtype=float, order="C")
 
+    def basis_matrix(self):
+        """The orthonormal basis of the subspace as a sparse (9N², n_basis) matrix C·B.
+
+        Column k flattened in phonopy's (N, N, 3, 3) order; :meth:`from_coefficients` inverts it.
+        """
+        import scipy.sparse as sp
+
+        blocked = np.asarray(self._blocked @ np.eye(self.n_basis))
+        return sp.csc_matrix(self._cmat @ sp.csc_matrix(blocked))
+
+    def from_coefficients(self, coefficients: np.ndarray) -> np.ndarray:
+        """Force constants (N, N, 3, 3) Σ_k c_k Φ_k in the basis of :meth:`basis_matrix`."""
+        c = np.asarray(coefficients, dtype=float)
+        x = self._cmat @ (self._blocked @ c)
+        return np.array(np.asarray(x).reshape(self.natom, self.natom, 3, 3), dtype=float, order="C")
+
     def fit(self, displacements: np.ndarray, forces: np.ndarray) -> np.ndarray:
         """Least-squares force constants in the symmetric basis from (u, F) pairs (symfc solver).
 
