@@ -49,6 +49,29 @@ def test_run_on_dft_harmonic_potential_gives_no_shift(tmp_path):
     assert res.exit_code == 0 and "reusing" in res.output
 
 
+@requires_reference
+def test_run_quartic_fit_estimator_from_the_cli(tmp_path):
+    """--estimator quartic_fit end to end (harmonic potential: the fitted Φ₄ vanishes, Φ(T) = Φ⁰)."""
+    params = REFERENCE / "phonopy" / "test" / "phonopy_params_NaCl-fd.yaml.xz"
+    ph = phonopy.load(str(params), log_level=0, is_nac=False)
+    poscar = tmp_path / "POSCAR"
+    from tdphonon.structures import from_phonopy_atoms
+
+    from_phonopy_atoms(ph.unitcell).to(filename=str(poscar), fmt="poscar")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["run", str(poscar), "-T", "300", "--model", f"harmonic:{params}", "--no-relax",
+                              "--supercell", "2 2 2", "--estimator", "quartic_fit", "--self-consistent",
+                              "--n-configurations", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tdph_settings"]["estimator"] == "quartic_fit"
+    t = summary["temperatures"][0]
+    assert t["r_full"] < 1e-8 and abs(t["frequency_shift"]) < 1e-8
+    p0 = phonopy.load(str(out / "phonopy_0K.yaml"), log_level=0)
+    p3 = phonopy.load(str(out / "phonopy_300K.yaml"), log_level=0)
+    np.testing.assert_allclose(p3.force_constants, p0.force_constants, atol=1e-8)
+
+
 @pytest.mark.mlip
 def test_harmonic_cli_sevennet(tmp_path, srtio3_cif):
     out = tmp_path / "h"
