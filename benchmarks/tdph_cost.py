@@ -13,6 +13,13 @@ universal M3GNet (../shared/models) and CHGNet 0.3.0, on the CPU. Methods (tdpho
   α = 0.2, 50 iterations (hiPhive's self-consistent-phonon tutorial settings: ≈ 1,500 force calls).
 * ``force_fit_sc_reuse`` / ``hessian_sc_reuse``: self-consistent with ``reuse_samples`` (every
   estimate pools the configurations of the earlier iterations, importance-reweighted to the current Σ).
+* ``quartic_fit_one_shot`` / ``quartic_fit_sc``: the model-based estimator (tdphonon.taylor): Φ₂ + Φ₄
+  (quartic clusters to the 2nd neighbour shell) fitted to the odd forces of the ± pairs, ⟨H⟩_Σ in
+  closed form, each SC iteration jumping to the SCPH fixed point of the fitted model.
+  ``quartic_fit_sc_shells1`` / ``_shells3``: the same with 1 / 3 shells (truncation of the model);
+  ``quartic_fit_sc_reuse``: every fit uses the (reweighted) configurations of the earlier iterations too.
+  On the surrogates the 2-shell model contains the true potential (its Φ₄ has 2 shells): exact by
+  construction there; the 1-shell variant measures truncation on a known answer.
 
 Error = max |ν − ν_ref| over all branches at Γ, X, M, R (the 3 acoustic Γ modes excluded; RMS also
 stored) against a converged reference: self-consistent force fit with many configurations and
@@ -22,7 +29,8 @@ model without analytic Hessians (CHGNet) the Hessians *are* 6N force calls. Also
 routes for M3GNet (autograd MatglPotential.hessians, finite differences fd_hessians, matgl's own
 ``Potential(calc_hessian=True)``) and checks their agreement.
 
-Writes benchmarks/results/tdph_cost.json (incrementally: finished runs are reused on restart) and
+Writes benchmarks/results/tdph_cost.json (summaries per potential and method), every run step by step
+in tdph_cost_runs/<potential>.json (incrementally: finished runs are reused on restart), and
 tdph_cost.png. Not a test.
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/tdph_cost.py [--potentials m3gnet chgnet] [--quick]
@@ -70,6 +78,9 @@ THRESHOLDS = {"0p05": 0.05, "0p1": 0.1}
 # run order: the Hessian methods (known to cost ≥ 480 force-call equivalents per estimate) last
 METHODS = ["force_fit_one_shot", "force_fit_sc", "hiphive_style_sc", "hessian_one_shot", "hessian_sc",
            "force_fit_sc_reuse", "hessian_sc_reuse",
+           # model-based: quartic Taylor model fitted to the odd ± forces (2 shells; 1 and 3 for truncation)
+           "quartic_fit_one_shot", "quartic_fit_sc", "quartic_fit_sc_shells1", "quartic_fit_sc_shells3",
+           "quartic_fit_sc_reuse",
            # surrogates only (exact Φ(T) known): one estimate at the converged Σ — the statistical floor
            "force_fit_at_fixed_point", "hessian_at_fixed_point"]
 #: policy of the reference (and of SC reruns after a SamplingError with the default 0.5 THz threshold)
@@ -88,6 +99,13 @@ def plan(args, key: str) -> dict:
     One-shot sweeps are lists of (n_configurations, seed).
     """
     slow = key.startswith("CHGNet")
+    quartic = {
+        "quartic_fit_one_shot": dict(runs=[(n, sd) for n in (4, 8, 16) for sd in range(3)]),
+        "quartic_fit_sc": dict(ns=[4, 8, 16], mixing=0.3, max_it=5, seeds=[200, 201, 202]),
+        "quartic_fit_sc_shells1": dict(ns=[4, 8], mixing=0.3, max_it=5, seeds=[200, 201, 202], shells=1),
+        "quartic_fit_sc_shells3": dict(ns=[16], mixing=0.3, max_it=5, seeds=[200, 201, 202], shells=3),
+        "quartic_fit_sc_reuse": dict(ns=[8, 16], mixing=0.3, max_it=10, seeds=[200, 201, 202]),
+    }
     if key == "M3GNet-MP-2021.2.8-PES-3x3x3" and not args.quick:
         # 135 atoms, ~0.2-0.3 s per force call and ~80 s per autograd Hessian (405 rows) on 2 CPU cores:
         # fewer seeds and iterations than the 2x2x2 plan, Hessian methods short
@@ -101,6 +119,7 @@ def plan(args, key: str) -> dict:
             "force_fit_sc_reuse": dict(ns=[8, 16], mixing=0.3, max_it=15),
             "hessian_one_shot": dict(runs=[(2, 0)]),
             "hessian_sc": dict(ns=[2], mixing=0.3, max_it=args.hessian_sc_iterations or 3),
+            **quartic,
         }
     if POTENTIALS[key].startswith("ifc") and not args.quick:
         # exact reference, cheap force calls: three seeds per SC variant, sweeps up to the noise floor;
@@ -122,6 +141,7 @@ def plan(args, key: str) -> dict:
             "hessian_sc_reuse": dict(ns=[2], max_it=12, **sc),
             "force_fit_at_fixed_point": dict(runs=[(n, sd) for n in ff_fp for sd in range(3)]),
             "hessian_at_fixed_point": dict(runs=[(n, sd) for n in h_fp for sd in range(3)]),
+            **quartic,
         }
     if args.quick:
         return {
@@ -134,6 +154,7 @@ def plan(args, key: str) -> dict:
             "hessian_sc": dict(ns=[2], mixing=0.3, max_it=2),
             "force_fit_sc_reuse": dict(ns=[8], mixing=0.3, max_it=3),
             "hessian_sc_reuse": dict(ns=[2], mixing=0.3, max_it=2),
+            "quartic_fit_sc": dict(ns=[4], mixing=0.3, max_it=2),
         }
     ff_seeds = [0, 1] if slow else [0, 1, 2]
     return {
@@ -149,6 +170,7 @@ def plan(args, key: str) -> dict:
         "force_fit_sc_reuse": dict(ns=[8, 16], mixing=0.3, max_it=15 if slow else 20),
         # FD Hessians of CHGNet cost 240 force calls each: the analytic-Hessian model only
         **({} if slow else {"hessian_sc_reuse": dict(ns=[2], mixing=0.3, max_it=8)}),
+        **quartic,
     }
 
 
@@ -269,7 +291,7 @@ class Bench:
 
     def _steps(self, steps: list, settings, start, c0: int, h0: int, t0: float) -> list:
         out = [self._step(st, c0, h0, t0) for st in steps]
-        if settings.self_consistent:
+        if settings.self_consistent and settings.estimator != "quartic_fit":  # quartic_fit jumps, never mixes
             # Φ_{k+1} = (1 − α) Φ_k + α ⟨H⟩_k: the mixed force constants (hiPhive's returned model)
             phi = self.projector.project(np.asarray(start, dtype=float)) if start is not None else self.fc0
             for st, raw in zip(out, steps, strict=True):
@@ -441,6 +463,11 @@ def _seed_group(vs: list) -> dict:
         g["final_error_rms_thz"] = float(np.median([v["final_error_rms_thz"] for v in finals]))
         g["final_frequencies"] = finals[0]["final_frequencies"]
         g["total_force_call_equivalents"] = finals[0]["total_force_call_equivalents"]
+    if len(finals) >= 2:
+        # precision without the reference: scatter of the final frequencies over the seeds (sample std)
+        b = np.std([_branches(v["final_frequencies"]) for v in finals], axis=0, ddof=1)
+        g["final_seed_std_max_thz"] = float(np.max(b))
+        g["final_seed_std_rms_thz"] = float(np.sqrt(np.mean(b**2)))
     return g
 
 
@@ -656,7 +683,7 @@ def main(argv=None) -> int:
     name = names.pop()
     out = Path(args.out or OUT / (f"{name}_quick.json" if args.quick else f"{name}.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {} if args.fresh or not out.exists() else json.loads(out.read_text())
+    results = {} if args.fresh else load_results(out)
     results.setdefault("potentials", {})
     if args.plot_only:
         for e in results["potentials"].values():
@@ -758,6 +785,13 @@ def run_potential(args, results: dict, out: Path, key: str) -> None:
             for n, seed in q["runs"]:
                 do(f"{m}/n={n}/seed={seed}", tdph_settings(estimator=est, n_configurations=n, seed=seed,
                                                            n_blocks_for_error=1, **at_fp), start=start)
+        elif m.startswith("quartic_fit_sc"):
+            extra = {"quartic_shells": q["shells"]} if "shells" in q else {}
+            for n in q["ns"]:
+                for sd in seeds or [200]:
+                    do_sc(tagged(f"{m}/n={n}", sd), estimator="quartic_fit", n_configurations=n,
+                          mixing=q["mixing"], max_iterations=q["max_it"], seed=sd,
+                          reuse_samples=m.endswith("_reuse"), **extra)
         elif m == "hiphive_style_sc":
             for sd in seeds or [100]:
                 do_sc(tagged(f"{m}/n={q['n']}/mixing={q['mixing']}", sd), estimator="force_fit",
@@ -908,6 +942,18 @@ def report(results: dict) -> None:
                   f"final max err {d.get('final_error_max_thz')}")
 
 
+def load_results(out: Path) -> dict:
+    """The result file with the runs of each potential merged back from its ``runs_file``."""
+    if not out.exists():
+        return {}
+    results = json.loads(out.read_text())
+    for e in results.get("potentials", {}).values():
+        f = e.pop("runs_file", None)
+        if f and (out.parent / f).exists():
+            e["runs"] = json.loads((out.parent / f).read_text())["runs"]
+    return results
+
+
 def finish(results: dict, out: Path, plot: bool) -> None:
     from _common import write_result
 
@@ -976,13 +1022,31 @@ def finish(results: dict, out: Path, plot: bool) -> None:
                       "configurations — the sampling noise alone, a lower bound on the cost of any self-consistent "
                       "scheme built on that estimator. The surrogate's sha256 depends on the BLAS thread count (last "
                       "bits of the least-squares IFC fit); these runs used OMP_NUM_THREADS=1",
+        "quartic_fit": "quartic_fit_*: estimator='quartic_fit' (tdphonon.taylor): Φ₂ (symfc basis) + Φ₄ (hiPhive "
+                       "cluster space, 2 neighbour shells unless _shells1/_shells3) least-squares fitted to the odd "
+                       "forces [F(u) − F(−u)]/2 of the ± pairs; ⟨H⟩_Σ = Φ₂ + ½Φ₄:Σ in closed form; each SC iteration "
+                       "jumps to the SCPH fixed point of the fitted model (no force calls), so no 'mixed' output. "
+                       "On the surrogates the 2- and 3-shell models contain the true potential (its Φ₄ has 2 "
+                       "shells): exact by construction, their cost is that of determining the fit; the 1-shell "
+                       "model measures truncation error on a known answer. _reuse: pooled, reweighted "
+                       "configurations of the earlier iterations in every fit",
         "anchors_force_calls": ANCHORS,
         "goal": "0.05 THz at ≤ 1/10 of the hiPhive-style cost (≤ 150 force calls)",
         "wall_time": "CPU, 1 torch thread (2 for M3GNet-MP-2021.2.8-PES-3x3x3), nice, other jobs (benchmarks, a "
                      "fine-tuning run) sharing the 2 cores: timings are indicative",
     }
-    # per-step frequencies of every run: compact, 6 significant digits (1e-5 THz and below)
-    write_result(results, out, compact=True, significant_digits=6)
+    # per-step frequencies of every run: compact, 6 significant digits (1e-5 THz and below), one file per
+    # potential in <out>_runs/ so that every file stays < 2 MB; the main file keeps the summaries
+    runs_dir = out.with_name(out.stem + "_runs")
+    summary = {**results, "potentials": {}}
+    for key, e in results.get("potentials", {}).items():
+        summary["potentials"][key] = {k: v for k, v in e.items() if k != "runs"}
+        if e.get("runs"):
+            runs_dir.mkdir(exist_ok=True)
+            summary["potentials"][key]["runs_file"] = f"{runs_dir.name}/{key}.json"
+            write_result({"potential": key, "runs": e["runs"]}, runs_dir / f"{key}.json", compact=True,
+                         significant_digits=6)
+    write_result(summary, out, compact=True, significant_digits=6)
     if plot:
         plot_cost(results, out.with_suffix(".png"))
 
@@ -1001,7 +1065,9 @@ def plot_cost(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, len(pots), figsize=(6.0 * len(pots), 8.4), squeeze=False)
     colors = {"hessian_one_shot": "C0", "force_fit_one_shot": "C1", "hessian_sc": "C2", "force_fit_sc": "C3",
               "hiphive_style_sc": "C4", "force_fit_sc_reuse": "C5", "hessian_sc_reuse": "C6",
-              "force_fit_at_fixed_point": "C7", "hessian_at_fixed_point": "C8"}
+              "force_fit_at_fixed_point": "C7", "hessian_at_fixed_point": "C8", "quartic_fit_one_shot": "C9",
+              "quartic_fit_sc": "k", "quartic_fit_sc_shells1": "0.45", "quartic_fit_sc_shells3": "0.7",
+              "quartic_fit_sc_reuse": "m"}
     styles = ["-", "--", ":", "-."]
     for col, (key, e) in enumerate(pots.items()):
         ref = e.get("reference", {})

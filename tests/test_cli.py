@@ -15,15 +15,21 @@ from tdphonon.cli import app
 runner = CliRunner()
 
 
-@requires_reference
-def test_run_on_dft_harmonic_potential_gives_no_shift(tmp_path):
-    """End to end through the CLI with an exactly harmonic potential: Φ(T) = Φ⁰, files readable."""
+def _nacl_poscar(tmp_path):
+    """(phonopy params of the NaCl DFT set, its unit cell written as POSCAR in tmp_path)."""
+    from tdphonon.structures import from_phonopy_atoms
+
     params = REFERENCE / "phonopy" / "test" / "phonopy_params_NaCl-fd.yaml.xz"
     ph = phonopy.load(str(params), log_level=0, is_nac=False)
     poscar = tmp_path / "POSCAR"
-    from tdphonon.structures import from_phonopy_atoms
-
     from_phonopy_atoms(ph.unitcell).to(filename=str(poscar), fmt="poscar")
+    return params, poscar
+
+
+@requires_reference
+def test_run_on_dft_harmonic_potential_gives_no_shift(tmp_path):
+    """End to end through the CLI with an exactly harmonic potential: Φ(T) = Φ⁰, files readable."""
+    params, poscar = _nacl_poscar(tmp_path)
     out = tmp_path / "out"
     res = runner.invoke(app, ["run", str(poscar), "-T", "300", "-T", "600", "--model", f"harmonic:{params}",
                               "--no-relax", "--supercell", "2 2 2",
@@ -52,12 +58,7 @@ def test_run_on_dft_harmonic_potential_gives_no_shift(tmp_path):
 @requires_reference
 def test_run_quartic_fit_estimator_from_the_cli(tmp_path):
     """--estimator quartic_fit end to end (harmonic potential: the fitted Φ₄ vanishes, Φ(T) = Φ⁰)."""
-    params = REFERENCE / "phonopy" / "test" / "phonopy_params_NaCl-fd.yaml.xz"
-    ph = phonopy.load(str(params), log_level=0, is_nac=False)
-    poscar = tmp_path / "POSCAR"
-    from tdphonon.structures import from_phonopy_atoms
-
-    from_phonopy_atoms(ph.unitcell).to(filename=str(poscar), fmt="poscar")
+    params, poscar = _nacl_poscar(tmp_path)
     out = tmp_path / "out"
     res = runner.invoke(app, ["run", str(poscar), "-T", "300", "--model", f"harmonic:{params}", "--no-relax",
                               "--supercell", "2 2 2", "--estimator", "quartic_fit", "--self-consistent",

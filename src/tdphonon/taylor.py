@@ -29,6 +29,7 @@ Units: Å, eV; Φ₂ in eV/Å², Φ₄ in eV/Å⁴.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -141,6 +142,8 @@ class QuarticFitter:
         self._cols4 = np.asarray(self.cluster_space.get_parameter_indices(4), dtype=int)
         self.projector = projector
         self._fc2_design = _fc2_design_operator(projector)
+        # quartic design rows per displacement (sha1 of its bytes): pooled fits see the same pairs again
+        self._a4_cache: dict[bytes, np.ndarray] = {}
 
     @property
     def n_parameters(self) -> int:
@@ -153,9 +156,18 @@ class QuarticFitter:
         nb = self.projector.n_basis
         a2 = -(self._fc2_design @ u.reshape(n, n3).T)  # (3N·nb, n)
         a2 = a2.reshape(n3, nb, n).transpose(2, 0, 1).reshape(n * n3, nb)
-        with _quiet_hiphive():
-            a4 = np.concatenate([self._fcm.get_fit_matrix(x)[:, self._cols4] for x in u])
-        return np.hstack([a2, a4])
+        return np.hstack([a2, np.concatenate([self._quartic_rows(x) for x in u])])
+
+    def _quartic_rows(self, x: np.ndarray) -> np.ndarray:
+        key = hashlib.sha1(np.ascontiguousarray(x).tobytes()).digest()
+        rows = self._a4_cache.get(key)
+        if rows is None:
+            with _quiet_hiphive():
+                rows = self._fcm.get_fit_matrix(x)[:, self._cols4]
+            if len(self._a4_cache) >= 4096:
+                self._a4_cache.clear()
+            self._a4_cache[key] = rows
+        return rows
 
     def fit(self, displacements: np.ndarray, forces: np.ndarray, weights: np.ndarray | None = None) -> QuarticModel:
         """Least-squares fit of (1) to ± pairs stored adjacently (see :func:`odd_forces`).
