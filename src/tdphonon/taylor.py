@@ -124,7 +124,6 @@ class QuarticFitter:
 
     def __init__(self, phonon, projector: FCProjector, quartic_shells: int = 2,
                  quartic_cutoff: float | None = None, acoustic_sum_rules: bool = True) -> None:
-        from hiphive import ClusterSpace
         from hiphive.force_constant_model import ForceConstantModel
 
         from tdphonon.validation.ifc import shell_cutoffs
@@ -137,7 +136,7 @@ class QuarticFitter:
         self.quartic_cutoff = cut4
         with _quiet_hiphive():
             # orders 2 and 3 at the smallest cutoff: only the order-4 parameters are used
-            self.cluster_space = ClusterSpace(prim, [first, first, cut4], acoustic_sum_rules=acoustic_sum_rules)
+            self.cluster_space = _cluster_space(prim, (first, first, cut4), acoustic_sum_rules)
             self._fcm = ForceConstantModel(self.ideal, self.cluster_space)
         self._cols4 = np.asarray(self.cluster_space.get_parameter_indices(4), dtype=int)
         self.projector = projector
@@ -201,6 +200,29 @@ class QuarticFitter:
         return QuarticModel(fc2=fc2, quartic=quartic, n_pairs=len(u), n_parameters=self.n_parameters,
                             rmse=float(np.sqrt(np.sum(resid**2) / norm)),
                             force_rms=float(np.sqrt(np.sum((y * row_w) ** 2) / norm)))
+
+
+_CLUSTER_SPACES: dict[bytes, object] = {}
+
+
+def _cluster_space(prim, cutoffs: tuple[float, ...], acoustic_sum_rules: bool):
+    """hiPhive ``ClusterSpace`` of ``prim``, cached per process (a few seconds to build, read-only after).
+
+    Keyed on the cell, scaled positions, atomic numbers, cutoffs and the sum-rule flag, so the
+    temperatures and runs of one material share it.
+    """
+    from hiphive import ClusterSpace
+
+    h = hashlib.sha1()
+    for a in (prim.cell.array, np.round(prim.get_scaled_positions(), 8), prim.numbers, np.asarray(cutoffs)):
+        h.update(np.ascontiguousarray(a, dtype=float).tobytes())
+    h.update(bytes([acoustic_sum_rules]))
+    key = h.digest()
+    if key not in _CLUSTER_SPACES:
+        if len(_CLUSTER_SPACES) >= 8:
+            _CLUSTER_SPACES.clear()
+        _CLUSTER_SPACES[key] = ClusterSpace(prim, list(cutoffs), acoustic_sum_rules=acoustic_sum_rules)
+    return _CLUSTER_SPACES[key]
 
 
 def _fc2_design_operator(projector: FCProjector) -> sp.csr_matrix:
