@@ -785,25 +785,22 @@ def run_potential(args, results: dict, out: Path, key: str) -> None:
             for n, seed in q["runs"]:
                 do(f"{m}/n={n}/seed={seed}", tdph_settings(estimator=est, n_configurations=n, seed=seed,
                                                            n_blocks_for_error=1, **at_fp), start=start)
-        elif m.startswith("quartic_fit_sc"):
-            extra = {"quartic_shells": q["shells"]} if "shells" in q else {}
-            for n in q["ns"]:
-                for sd in seeds or [200]:
-                    do_sc(tagged(f"{m}/n={n}", sd), estimator="quartic_fit", n_configurations=n,
-                          mixing=q["mixing"], max_iterations=q["max_it"], seed=sd,
-                          reuse_samples=m.endswith("_reuse"), **extra)
         elif m == "hiphive_style_sc":
             for sd in seeds or [100]:
                 do_sc(tagged(f"{m}/n={q['n']}/mixing={q['mixing']}", sd), estimator="force_fit",
                       n_configurations=q["n"], antithetic=False, mixing=q["mixing"], max_iterations=q["max_it"],
                       seed=sd)
         else:
-            reuse = m.endswith("_reuse")
+            # quartic_fit_sc[_shells1|_shells3|_reuse] jump to the fitted model's fixed point (mixing only
+            # damps its inner SCPH): their run keys carry no mixing
+            quartic = m.startswith("quartic_fit")
+            est = "quartic_fit" if quartic else m.removesuffix("_reuse").removesuffix("_sc")
+            extra = {"quartic_shells": q["shells"]} if "shells" in q else {}
             for n in q["ns"]:
                 for sd in seeds or [200]:
-                    do_sc(tagged(f"{m}/n={n}/mixing={q['mixing']}", sd),
-                          estimator=m.removesuffix("_reuse").removesuffix("_sc"), n_configurations=n,
-                          mixing=q["mixing"], max_iterations=q["max_it"], seed=sd, reuse_samples=reuse)
+                    key = f"{m}/n={n}" if quartic else f"{m}/n={n}/mixing={q['mixing']}"
+                    do_sc(tagged(key, sd), estimator=est, n_configurations=n, mixing=q["mixing"],
+                          max_iterations=q["max_it"], seed=sd, reuse_samples=m.endswith("_reuse"), **extra)
     save()
 
 

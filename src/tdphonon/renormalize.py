@@ -699,10 +699,8 @@ def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_bloc
                "estimator": (t4 - t3)}
     mind = float(np.min(samp.min_distances[keep])) if len(keep) else float("nan")
     hess = np.concatenate(per_config) if s.estimator == "hessian" and per_config else None
-    quartic = s.estimator == "quartic_fit"
     return _Estimate(fc, sums, counts, block_index, u_keep, f_keep, dropped, n_hess, samp.n_clipped_atoms,
-                     mind, timings, hess, model=model if quartic else None,
-                     covariance=cov.matrix if quartic else None)
+                     mind, timings, hess, model=model, covariance=None if model is None else cov.matrix)
 
 
 def _block_estimates(ctx: _Context, est: _Estimate) -> list[np.ndarray]:
@@ -715,18 +713,19 @@ def _block_estimates(ctx: _Context, est: _Estimate) -> list[np.ndarray]:
                 for b in range(nb)]
     blocks = []
     sw = np.ones(len(est.displacements)) if est.weights is None else np.sqrt(est.weights)
-    if est.model is not None:  # quartic_fit: one fit per block of ± pairs, where the block determines it
-        for b in range(nb):
-            sel = est.block_index == b
-            w = None if est.weights is None else est.weights[sel]
-            if 3 * ctx.natom * int(sel.sum()) // 2 >= ctx.quartic_fitter.n_parameters:
-                blocks.append(ctx.quartic_estimate(est.displacements[sel], est.forces[sel], est.covariance, w)[0])
-        return blocks if len(blocks) >= 2 else []
+    quartic = est.model is not None  # one fit per block of ± pairs: 3N equations per pair, not per configuration
+    n_params = ctx.quartic_fitter.n_parameters if quartic else ctx.projector.n_basis
     for b in range(nb):
         sel = est.block_index == b
-        if 3 * ctx.natom * int(sel.sum()) >= ctx.projector.n_basis:
+        if 3 * ctx.natom * int(sel.sum()) < n_params * (2 if quartic else 1):  # the block does not determine it
+            continue
+        u, f = est.displacements[sel], est.forces[sel]
+        if quartic:
+            blocks.append(ctx.quartic_estimate(u, f, est.covariance, None if est.weights is None else
+                                               est.weights[sel])[0])
+        else:
             w = sw[sel][:, None, None]
-            blocks.append(ctx.projector.fit(est.displacements[sel] * w, est.forces[sel] * w))
+            blocks.append(ctx.projector.fit(u * w, f * w))
     return blocks if len(blocks) >= 2 else []
 
 
@@ -849,10 +848,9 @@ def renormalize_temperature(
             converged = True
             break
         if it < n_iter - 1:
-            if est.model is not None:  # jump to the fixed point of the fitted model (no force calls)
-                fc_in = _model_fixed_point(ctx, est.model, fc_in, temperature, history[-1])
-            else:
-                fc_in = (1.0 - s.mixing) * fc_in + s.mixing * est.fc
+            # quartic_fit: jump to the fixed point of the fitted model (no force calls) when it has one
+            jump = _model_fixed_point(ctx, est.model, fc_in, temperature, history[-1]) if est.model else None
+            fc_in = jump if jump is not None else (1.0 - s.mixing) * fc_in + s.mixing * est.fc
     assert est is not None and cur is not None and cov is not None
     if s.self_consistent and not converged:
         warnings.warn(f"[{label}] self-consistent renormalisation at T={temperature:g} K did not converge in "
@@ -941,11 +939,12 @@ def renormalize_temperature(
         metrics=metrics, mode_report=mode_report, outliers=tuple(dropped_all), symmetry=sym)
 
 
-def _model_fixed_point(ctx: _Context, model, fc_in: np.ndarray, temperature: float, record: dict) -> np.ndarray:
+def _model_fixed_point(ctx: _Context, model, fc_in: np.ndarray, temperature: float,
+                       record: dict) -> np.ndarray | None:
     """SCPH fixed point Φ = Φ₂ + ½Φ₄:Σ(Φ) of a fitted quartic model, started from ``fc_in``.
 
-    Falls back to the mixed update (1 − α) Φ_in + α ⟨H⟩ when the model's own iteration does not
-    converge (e.g. a fitted Φ₄ that destabilises a soft mode); ``record`` notes which was used.
+    ``None`` when the model's own iteration does not converge (e.g. a fitted Φ₄ that destabilises a
+    soft mode): the caller then takes the mixed update; ``record`` notes which was used.
     """
     from tdphonon.validation.scph import scph
 
@@ -957,11 +956,7 @@ def _model_fixed_point(ctx: _Context, model, fc_in: np.ndarray, temperature: flo
              projector=ctx.projector, policy=s.policy, initial=fc_in)
     record["model_scph"] = {"converged": r.converged, "n_iterations": r.n_iterations,
                             "seconds": time.perf_counter() - t0}
-    if r.converged:
-        return r.force_constants
-    cov = thermal_covariance(normal_modes(ph.supercell, fc_in, ph.primitive, method=s.mode_method), temperature,
-                             s.quantum, s.policy).matrix
-    return (1.0 - s.mixing) * fc_in + s.mixing * ctx.projector.project(model.thermal_force_constants(cov))
+    return r.force_constants if r.converged else None
 
 
 def _gamma_acoustic_mask(qpts: np.ndarray, freqs: np.ndarray) -> np.ndarray:
