@@ -697,6 +697,28 @@ def finetune_evaluate(
     console.print(f"written {out}")
 
 
+@finetune_app.command("interpolate")
+def finetune_interpolate(
+    base: Annotated[str, typer.Argument(help="base matgl model (directory or matgl:<name>)")],
+    model: Annotated[str, typer.Argument(help="fine-tuned matgl model directory")],
+    alpha: Annotated[float, typer.Option(help="θ = θ_base + α (θ_model − θ_base); 0: base, 1: fine-tuned")] = 0.5,
+    keep_base: Annotated[list[str] | None, typer.Option(
+        "--keep-base", help="state-dict name prefix kept at the base values (repeat)")] = None,
+    out: OutOpt = Path("finetune/interpolated"),
+    name: Annotated[str | None, typer.Option(help="name of the new model")] = None,
+) -> None:
+    """Weight-space interpolation (WiSE-FT) of a base and a fine-tuned model; writes a matgl model directory."""
+    _quiet()
+    from tdphonon.finetune.train import interpolate_weights
+
+    try:
+        d = interpolate_weights(base, model, out, alpha, keep_base=tuple(keep_base or ()), name=name)
+    except (TDPhononError, ValueError) as exc:
+        _fail(exc)
+    card = json.loads((d / "model_card.json").read_text())
+    console.print(f"[green]model[/] {d} (sha256 {card['sha256'][:16]}…), alpha {alpha:g}")
+
+
 def main() -> None:  # pragma: no cover - entry point
     app()
 

@@ -34,7 +34,7 @@ from tdphonon.potentials import (
     sha256_dir,
 )
 
-__all__ = ["FineTuneResult", "FineTuneSettings", "fine_tune", "force_mae"]
+__all__ = ["FineTuneResult", "FineTuneSettings", "fine_tune", "force_mae", "interpolate_weights"]
 
 
 @dataclass(frozen=True)
@@ -324,6 +324,91 @@ def fine_tune(
     (out / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
     (model_dir / "README.md").write_text(_card_markdown(card))
     return FineTuneResult(model_dir, card, history)
+
+
+def interpolate_weights(
+    base_model: str | Path,
+    finetuned_model: str | Path,
+    out_dir: str | Path,
+    alpha: float = 0.5,
+    *,
+    keep_base: Sequence[str] = (),
+    name: str | None = None,
+) -> Path:
+    """Weight-space interpolation between a base and a fine-tuned matgl model (WiSE-FT).
+
+    Every floating-point tensor of the model's state becomes θ = θ_base + α (θ_finetuned − θ_base)
+    (Wortsman et al., CVPR 2022: "Robust fine-tuning of zero-shot models"); α = 0 is the base model,
+    α = 1 the fine-tuned one, α > 1 extrapolates along the fine-tuning direction. Tensors whose name
+    starts with one of ``keep_base`` keep the base values (a module-wise swap, e.g.
+    ``("model.embedding",)``): a diagnostic of which part of the network a change of accuracy comes from.
+
+    Parameters
+    ----------
+    base_model, finetuned_model
+        matgl model directories (or specs :func:`tdphonon.potentials.load_potential` maps to matgl) of the
+        same architecture.
+    out_dir
+        Output matgl model directory (``matgl.load_model(out_dir)`` loads it), with ``model_card.json``
+        and ``README.md``.
+    alpha
+        Interpolation weight (finite; any real number).
+    keep_base
+        Prefixes of state-dict names kept at the base values.
+    name
+        Model name in the metadata and the card.
+
+    Returns
+    -------
+    Path
+        The model directory.
+
+    Raises
+    ------
+    TDPhononError
+        A model is not a matgl model, the two differ in architecture, or ``alpha`` is not finite.
+    """
+    if not np.isfinite(alpha):
+        raise TDPhononError(None, f"interpolation weight alpha must be finite, got {alpha}")
+    pots = []
+    for spec in (base_model, finetuned_model):
+        pot = load_potential(str(spec), device="cpu", cache=False)
+        if not isinstance(pot, MatglPotential):
+            raise TDPhononError(None, f"{spec} is not a matgl model: only matgl weights can be interpolated")
+        pots.append(pot)
+    base, ft = pots
+    sb, sf = base.model.state_dict(), ft.model.state_dict()
+    mismatch = sorted(set(sb) ^ set(sf)) + sorted(k for k in set(sb) & set(sf) if sb[k].shape != sf[k].shape)
+    if mismatch:
+        raise TDPhononError(None, f"{base_model} and {finetuned_model} differ in architecture "
+                                  f"(first differing tensors: {mismatch[:5]})")
+    kept = [k for k in sf if any(k.startswith(p) for p in keep_base)]
+    unknown = [p for p in keep_base if not any(k.startswith(p) for k in sf)]
+    if unknown:
+        raise TDPhononError(None, f"keep_base prefixes match no weights of the model: {unknown}")
+    mixed = {k: sb[k] if k in kept else (sb[k] + alpha * (sf[k] - sb[k]) if sf[k].is_floating_point() else sf[k])
+             for k in sf}
+    ft.model.load_state_dict(mixed)
+    out = Path(out_dir)
+    name = name or f"{ft.identity.name}-wise{alpha:g}"
+    ft.model.save(str(out), metadata={"name": name, "base_model": base.identity.name,
+                                      "base_sha256": base.identity.sha256, "alpha": alpha})
+    digest, files = sha256_dir(out)
+    card = {"name": name, "kind": "matgl", "sha256": digest, "files": files,
+            "interpolation": {"formula": "theta = theta_base + alpha * (theta_finetuned - theta_base)",
+                              "alpha": alpha, "keep_base": list(keep_base), "n_tensors_kept_base": len(kept),
+                              "base_model": base.identity.to_dict(), "finetuned_model": ft.identity.to_dict()},
+            "packages": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (out / "model_card.json").write_text(json.dumps(card, indent=1, default=str))
+    (out / "README.md").write_text("\n".join([
+        f"# {name}", "",
+        f"Weight-space interpolation θ = θ_base + {alpha:g} (θ_finetuned − θ_base) (WiSE-FT) between "
+        f"**{base.identity.name}** (sha256 `{base.identity.sha256[:16]}…`) and **{ft.identity.name}** "
+        f"(sha256 `{ft.identity.sha256[:16]}…`)"
+        + (f"; tensors under {', '.join(keep_base)} kept at the base values." if keep_base else "."),
+        "", f"* model sha256: `{digest}`", "",
+        "Load with `matgl.load_model(<this folder>)` or `tdphonon ... --model <this folder>`.", ""]))
+    return out
 
 
 def _card_markdown(card: dict[str, Any]) -> str:
