@@ -59,6 +59,32 @@ def test_chgnet_batched_forces_and_identity(chgnet):
     assert chgnet.identity.name == "CHGNet-0.3.0" and len(chgnet.identity.sha256) == 64
 
 
+def test_batches_bound_structures_and_atoms(chgnet, monkeypatch):
+    from tdphonon.potentials import batches
+
+    cells = [bulk("Si", "diamond", 5.45).repeat((k, 1, 1)) for k in (1, 3, 1, 1, 5, 1)]  # 2, 6, 2, 2, 10, 2 atoms
+    assert [[len(a) for a in b] for b in batches(cells, 16)] == [[2, 6, 2, 2, 10, 2]]
+    assert [[len(a) for a in b] for b in batches(cells, 2)] == [[2, 6], [2, 2], [10, 2]]
+    # an atom budget splits earlier; a structure above the budget is a batch of its own
+    assert [[len(a) for a in b] for b in batches(cells, 16, max_atoms=8)] == [[2, 6], [2, 2], [10], [2]]
+    assert sum(len(b) for b in batches(cells, 3, max_atoms=4)) == len(cells)
+    # the atom budget is honoured by the force evaluation, with the same forces
+    rattled = _rattled(bulk("Si", "diamond", 5.45).repeat((2, 1, 1)), n=3)
+    sizes = []
+    compute = type(chgnet)._compute
+
+    def spy(self, atoms_list):
+        sizes.append(sum(len(a) for a in atoms_list))
+        return compute(self, atoms_list)
+
+    f_all = chgnet.forces(rattled)
+    monkeypatch.setattr(type(chgnet), "_compute", spy)
+    monkeypatch.setattr(chgnet, "max_batch_atoms", 8)
+    f_small = chgnet.forces(rattled)
+    assert sizes == [8, 4]
+    np.testing.assert_allclose(f_small, f_all, atol=1e-5)
+
+
 def test_model_cache_loads_once(sevennet):
     t0 = time.perf_counter()
     again = load_potential("sevennet-0", device="cpu")

@@ -236,6 +236,8 @@ class Potential(abc.ABC):
 
     #: structures per batched call
     batch_size: int = 32
+    #: atoms per batched call (None: no limit); memory grows with the atoms of a batch, not the structures
+    max_batch_atoms: int | None = None
 
     def __init__(self, identity: ModelIdentity, device: str = "cpu", elements: Sequence[str] | None = None,
                  max_force: float = DEFAULT_MAX_FORCE) -> None:
@@ -288,8 +290,7 @@ class Potential(abc.ABC):
         energies: list[float] = []
         forces: list[np.ndarray] = []
         with self._lock:
-            for start in range(0, len(atoms_list), self.batch_size):
-                chunk = atoms_list[start : start + self.batch_size]
+            for chunk in batches(atoms_list, self.batch_size, self.max_batch_atoms):
                 e, f = self._compute(chunk)
                 energies.extend(np.asarray(e, dtype=float).tolist())
                 forces.extend(np.asarray(x, dtype=float).reshape(len(a), 3) for x, a in zip(f, chunk, strict=True))
@@ -340,6 +341,23 @@ def fd_hessians(potential: Potential, atoms_list: Sequence[Atoms], delta: float 
         h = -(f[:, 0, :] - f[:, 1, :]) / (2 * delta)
         out.append(0.5 * (h + h.T))
     return np.asarray(out)
+
+
+def batches(atoms_list: Sequence[Atoms], max_structures: int, max_atoms: int | None = None) -> list[list[Atoms]]:
+    """Consecutive chunks of ``atoms_list`` with at most ``max_structures`` structures and, when given, at most
+    ``max_atoms`` atoms in all (a structure larger than ``max_atoms`` forms a chunk of its own)."""
+    out: list[list[Atoms]] = []
+    cur: list[Atoms] = []
+    n_atoms = 0
+    for a in atoms_list:
+        if cur and (len(cur) >= max_structures or (max_atoms is not None and n_atoms + len(a) > max_atoms)):
+            out.append(cur)
+            cur, n_atoms = [], 0
+        cur.append(a)
+        n_atoms += len(a)
+    if cur:
+        out.append(cur)
+    return out
 
 
 class ASEPotential(Potential):
@@ -482,6 +500,8 @@ class CHGNetPotential(Potential):
     """CHGNet (weights shipped in the ``chgnet`` wheel), batched through ``predict_structure``."""
 
     batch_size = 16
+    #: ~10 MB per atom of a batch on CPU (16 x 40 atoms: 6.5 GB); 16 x 135 atoms was killed for memory at 22 GB
+    max_batch_atoms = 640
 
     def __init__(self, model, identity: ModelIdentity, device: str = "cpu",
                  max_force: float = DEFAULT_MAX_FORCE) -> None:
