@@ -42,7 +42,10 @@ Steps (the same functions as `tdphonon finetune dataset|train|evaluate`):
    base gives 2.45: every universal model tested is 2.3–2.5 THz off this PBE set), slightly hurts ZnO,
    SnO2 and Zr3N4 (+0.06–0.15 THz), and costs the training compounds more than it gains; the
    2-compound validation split picks epochs by noise (epoch 0 of the anchored run). Neither setting
-   reaches 2× held-out and 4× training at once;
+   reaches 2× held-out and 4× training at once. Weight-space interpolation between the base and the
+   fine-tuned weights does not either (best held-out 1.38 THz at α = 1; α chosen on validation: 1.5,
+   held-out 1.39): Si gets worse along the whole fine-tuning direction, the four other held-out
+   compounds improve 2.2–3.3× (docs/finetune.md, benchmarks/finetune_transfer.py);
 5. harmonic phonons of the base and the fine-tuned model on every set's DFT supercell and
    commensurate q-points: frequency MAE per compound, into the card.
 """
