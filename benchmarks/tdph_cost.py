@@ -72,7 +72,7 @@ POTENTIALS = {
     "SrTiO3-PBEsol-IFC-Taylor-3x3x3": "ifc3",
     # universal M3GNet on the 3x3x3 cell (135 atoms, ~0.5 s per force call on 2 CPU cores): reduced plan
     "M3GNet-MP-2021.2.8-PES-3x3x3": str(SHARED / "models" / "M3GNet-MP-2021.2.8-PES"),
-    # CHGNet on the 3x3x3 cell (~2-4 s per 135-atom force call on CPU): smallest plan, ~800 force calls
+    # CHGNet on the 3x3x3 cell (~2 s per 135-atom force call on one CPU core): smallest plan, ~1,300 force calls
     "CHGNet-0.3.0-3x3x3": "chgnet",
 }
 #: result file per potential kind (default tdph_cost.json); one file per surrogate cell keeps each < 2 MB
@@ -588,6 +588,20 @@ def stochastic_reference(runs: dict) -> tuple[dict, dict]:
     return ref, rf
 
 
+def summarize_methods(runs: dict, rf: dict) -> dict:
+    """Every method that has runs, scored against the reference frequencies ``rf``."""
+    methods = {}
+    for m in METHODS:
+        mr = {k.split("/", 1)[1]: v for k, v in runs.items() if k.startswith(m + "/")}
+        if not mr:
+            continue
+        if m.endswith(("one_shot", "at_fixed_point")):
+            methods[m] = summarize_one_shot(mr, rf)
+        else:
+            methods[m] = summarize_sc(mr, rf, "mixed" if m == "hiphive_style_sc" else "estimate")
+    return methods
+
+
 def summarize(entry: dict) -> None:
     runs = entry.get("runs", {})
     if "exact_reference" in entry:
@@ -598,15 +612,7 @@ def summarize(entry: dict) -> None:
     else:
         return
     entry["reference"] = ref
-    methods = {}
-    for m in METHODS:
-        mr = {k.split("/", 1)[1]: v for k, v in runs.items() if k.startswith(m + "/")}
-        if not mr:
-            continue
-        if m.endswith(("one_shot", "at_fixed_point")):
-            methods[m] = summarize_one_shot(mr, rf)
-        else:
-            methods[m] = summarize_sc(mr, rf, "mixed" if m == "hiphive_style_sc" else "estimate")
+    methods = summarize_methods(runs, rf)
     hip = methods.get("hiphive_style_sc", {})
     for d in methods.values():
         for suffix in ("", "_rms"):
@@ -651,14 +657,8 @@ def precise_reference(entry: dict, ref: dict) -> None:
         "within_2_reference_standard_errors": bool(se_ref is not None and np.max(np.abs(d)) <= 2 * se_ref),
     }
     entry["precise_reference"] = pr
-    rf = pr["frequencies"]
-    out = {}
-    for m in entry.get("methods", {}):
-        mr = {k.split("/", 1)[1]: v for k, v in runs.items() if k.startswith(m + "/")}
-        r = (summarize_one_shot(mr, rf) if m.endswith(("one_shot", "at_fixed_point"))
-             else summarize_sc(mr, rf, "mixed" if m == "hiphive_style_sc" else "estimate"))
-        out[m] = {k: r.get(k) for k in _PRECISE_FIELDS}
-    entry["methods_vs_precise_reference"] = out
+    entry["methods_vs_precise_reference"] = {m: {k: r.get(k) for k in _PRECISE_FIELDS}
+                                             for m, r in summarize_methods(runs, pr["frequencies"]).items()}
 
 
 # --------------------------------------------------------------------------------------------

@@ -382,7 +382,7 @@ def interpolate_weights(
     if mismatch:
         raise TDPhononError(None, f"{base_model} and {finetuned_model} differ in architecture "
                                   f"(first differing tensors: {mismatch[:5]})")
-    kept = [k for k in sf if any(k.startswith(p) for p in keep_base)]
+    kept = {k for k in sf if any(k.startswith(p) for p in keep_base)}
     unknown = [p for p in keep_base if not any(k.startswith(p) for k in sf)]
     if unknown:
         raise TDPhononError(None, f"keep_base prefixes match no weights of the model: {unknown}")
