@@ -14,6 +14,7 @@ plain deterministic iteration (no sampling).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -179,8 +180,11 @@ def test_one_shot_quartic_matches_closed_form(nacl, estimator, sampling, n):
 
 
 @pytest.mark.parametrize("estimator,sampling,n,tol", [("hessian", "gaussian", 16, 0.05),
-                                                       ("force_fit", "gaussian", 64, 0.2)])
+                                                       ("force_fit", "gaussian", 64, 0.2),
+                                                       ("quartic_fit", "gaussian", 48, 0.2)])
 def test_self_consistent_quartic_reaches_fixed_point(nacl, estimator, sampling, n, tol):
+    """... ``quartic_fit`` (Φ₄ sum rules on: cannot represent the on-site term) returns the fixed point of
+    its last fitted model, and that is the force fit's self-consistent limit within its error."""
     ph, proj, fc0 = nacl
     pot = _pot(ph, fc0, LAMBDA)
     st = TDPHSettings(estimator=estimator, sampling=sampling, n_configurations=n, self_consistent=True,
@@ -188,10 +192,14 @@ def test_self_consistent_quartic_reaches_fixed_point(nacl, estimator, sampling, 
     res = renormalize(ph, pot, [300.0, 600.0], st, "NaCl-quartic", projector=proj)
     assert [r.temperature for r in res] == [300.0, 600.0]
     assert len(set(res[0].seeds) | set(res[1].seeds)) == len(res[0].seeds) + len(res[1].seeds)
+    limit = "force_fit" if estimator == "quartic_fit" else estimator
     for r in res:
         assert r.converged, r.history
-        fp = _freqs(ph, _fixed_point(ph, proj, fc0, r.temperature, estimator))
-        one_shot = _freqs(ph, _target(ph, proj, fc0, fc0, r.temperature, estimator))
+        if estimator == "quartic_fit":
+            assert r.history[-1]["output"]["kind"] == "model_fixed_point"
+            assert r.errors["method"].startswith("batch means")  # of the blocks' fixed points
+        fp = _freqs(ph, _fixed_point(ph, proj, fc0, r.temperature, limit))
+        one_shot = _freqs(ph, _target(ph, proj, fc0, fc0, r.temperature, limit))
         d_fp = np.abs(r.frequencies - fp).max()
         d_os = np.abs(r.frequencies - one_shot).max()
         assert d_fp <= 4 * np.nanmax(r.frequency_error) + tol
@@ -549,6 +557,20 @@ def test_quartic_fit_is_exact_for_a_taylor_potential(nacl):
     assert r.history[0]["model_scph"]["converged"]
     assert np.abs(r.frequencies - fp).max() < 1e-5
     assert r.force_calls == 8
+    # one iteration: the output is the fitted model's fixed point (4 force calls) — or, asked for the
+    # estimate, one Picard step from Φ⁰ (= the one-shot result), far from it
+    out = {}
+    for kind in ("fixed_point", "estimate"):
+        st1 = dataclasses.replace(st_sc, max_iterations=1, quartic_output=kind)
+        with pytest.warns(UserWarning, match="did not converge"):
+            out[kind] = renormalize(ph, pot, [t], st1, "NaCl-taylor", projector=proj)[0]
+        assert out[kind].force_calls == 4 and not out[kind].converged
+    assert out["fixed_point"].history[-1]["output"]["kind"] == "model_fixed_point"
+    assert np.abs(out["fixed_point"].frequencies - fp).max() < 1e-5
+    assert np.abs(out["estimate"].force_constants - one_shot).max() < 1e-8
+    assert "output" not in out["estimate"].history[-1]
+    with pytest.raises(ValueError, match="quartic_output"):
+        TDPHSettings(estimator="quartic_fit", quartic_output="picard")
 
 
 def test_quartic_fit_on_site_quartic_closed_form(nacl):

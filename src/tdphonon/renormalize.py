@@ -20,7 +20,11 @@ Three estimators of the thermal average of the Hessian over u ~ N(0, Σ(T)):
     few pairs); instead the truncation error of a quartic model, measured by the fit residual
     (recorded per iteration). Self-consistently, each iteration jumps to the SCPH fixed point of
     the fitted model (solved on the commensurate q-points without force calls) instead of mixing,
-    so the loop stops after 2–3 iterations. Needs ``antithetic=True``.
+    so the loop stops after 2–3 iterations, and the returned Φ(T) is the fixed point of the last
+    fitted model (``quartic_output="fixed_point"``, default) rather than one more Picard step
+    ⟨H⟩_{Σ(Φ_k)} (``"estimate"``), which differs from it by about the last self-consistency
+    residual (a run stopped by ``max_iterations``, or one with few configurations per iteration,
+    is then still a step away). Needs ``antithetic=True``.
 
 Schemes
 -------
@@ -41,7 +45,8 @@ With ``n_seeds_for_error ≥ 2`` the final Σ is sampled with that many independ
 their mean; otherwise the configurations (± pairs kept together) are split into
 ``n_blocks_for_error`` blocks (batch means). Reported errors are standard errors of the returned
 Φ(T) (std of the estimates / √n_estimates) for the force constants, commensurate-q frequencies and
-metrics.
+metrics. For self-consistent ``quartic_fit`` runs the estimates are the fixed points of the models
+fitted to each seed's (or block's) configurations.
 
 Seeds are derived deterministically from ``settings.seed``, the temperature (mK) and the iteration:
 same settings ⇒ identical results.
@@ -168,6 +173,11 @@ class TDPHSettings:
         ``quartic_fit`` only: neighbour shells of the Φ₄ clusters, and whether Φ₄ obeys the acoustic
         (translational) sum rules (true for any physical potential; off only for models that pin
         atoms, such as an on-site term).
+    quartic_output
+        Self-consistent ``quartic_fit`` only: ``"fixed_point"`` returns the SCPH fixed point
+        Φ = Φ₂ + ½Φ₄:Σ(Φ) of the final fitted model (of each seed's / block's model for the error
+        bar); ``"estimate"`` returns ⟨H⟩ at the last sampled Σ (one Picard step). Where the model's
+        own iteration does not converge, the estimate is returned and the history says so.
     """
 
     estimator: Estimator = "hessian"
@@ -200,6 +210,7 @@ class TDPHSettings:
     symmetry_loss: Literal["warn", "raise"] = "warn"
     quartic_shells: int = 2
     quartic_acoustic_sum_rules: bool = True
+    quartic_output: Literal["fixed_point", "estimate"] = "fixed_point"
 
     def __post_init__(self) -> None:
         if isinstance(self.policy, dict):
@@ -210,6 +221,8 @@ class TDPHSettings:
             raise ValueError("estimator='quartic_fit' fits the odd forces of ± pairs: it needs antithetic=True")
         if self.quartic_shells < 1:
             raise ValueError("quartic_shells must be ≥ 1")
+        if self.quartic_output not in ("fixed_point", "estimate"):
+            raise ValueError(f"quartic_output must be 'fixed_point' or 'estimate', got {self.quartic_output!r}")
         if self.sampling not in ("gaussian", "fixed_amplitude"):
             raise ValueError(f"unknown sampling kind {self.sampling!r}")
         if self.n_configurations < 1 or (self.antithetic and self.n_configurations % 2):
@@ -444,7 +457,7 @@ class _Context:
 
 @dataclass
 class _Estimate:
-    fc: np.ndarray
+    fc: np.ndarray | None  # None: not fitted (an ensemble that only joins a reuse pool)
     block_sums: np.ndarray | None  # hessian: per-block sums of Hessians (n_blocks, 3N, 3N)
     block_counts: np.ndarray | None
     block_index: np.ndarray  # block of each kept configuration
@@ -619,7 +632,12 @@ def _draw(ctx: _Context, cov: ThermalCovariance, seed: int) -> SamplingResult:
 
 
 def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_blocks: int,
-              expected: np.ndarray | None = None) -> _Estimate:
+              expected: np.ndarray | None = None, fit: bool = True) -> _Estimate:
+    """Draw from Σ, evaluate the model, and (``fit``) estimate ⟨H⟩ from these configurations alone.
+
+    ``fit=False`` (sample reuse, where only the pooled estimate counts) skips the estimator: ``fc`` and
+    ``model`` are ``None``; Hessians are still evaluated and kept for the pool.
+    """
     s = ctx.settings
     t0 = time.perf_counter()
     samp = _draw(ctx, cov, seed)
@@ -682,8 +700,10 @@ def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_bloc
             if per_config is not None:
                 per_config.append(h)
         t3 = time.perf_counter()
-        mean = sums.sum(axis=0) / counts.sum()
-        fc = ctx.projector.project(matrix_to_fc(mean))
+        fc = ctx.projector.project(matrix_to_fc(sums.sum(axis=0) / counts.sum())) if fit else None
+    elif not fit:
+        t3 = time.perf_counter()
+        fc = None
     elif s.estimator == "quartic_fit":
         t3 = time.perf_counter()
         fc, model = ctx.quartic_estimate(u_keep, f_keep, cov.matrix)
@@ -703,8 +723,12 @@ def _estimate(ctx: _Context, cov: ThermalCovariance, seed: int, tag: str, n_bloc
                      mind, timings, hess, model=model, covariance=None if model is None else cov.matrix)
 
 
-def _block_estimates(ctx: _Context, est: _Estimate) -> list[np.ndarray]:
-    """Estimates from disjoint blocks of the configurations (batch means); [] if not possible."""
+def _block_estimates(ctx: _Context, est: _Estimate, finish=None) -> list[np.ndarray]:
+    """Estimates from disjoint blocks of the configurations (batch means); [] if not possible.
+
+    ``finish`` (quartic_fit): maps a block's fitted model to the returned quantity (its fixed point;
+    ``None`` drops the block) instead of ⟨H⟩ at the block's Σ.
+    """
     nb = int(est.block_index.max()) + 1 if est.block_index.size else 0
     if nb < 2:
         return []
@@ -721,8 +745,11 @@ def _block_estimates(ctx: _Context, est: _Estimate) -> list[np.ndarray]:
             continue
         u, f = est.displacements[sel], est.forces[sel]
         if quartic:
-            blocks.append(ctx.quartic_estimate(u, f, est.covariance, None if est.weights is None else
-                                               est.weights[sel])[0])
+            fc, model = ctx.quartic_estimate(u, f, est.covariance, None if est.weights is None else est.weights[sel])
+            if finish is not None:
+                fc = finish(model)
+            if fc is not None:
+                blocks.append(fc)
         else:
             w = sw[sel][:, None, None]
             blocks.append(ctx.projector.fit(u * w, f * w))
@@ -815,7 +842,8 @@ def renormalize_temperature(
         seed = derive_seed(s.seed, tkey, it, 0)
         seeds.append(seed)
         expected = initial_displacements if (it == 0 and fc_in is ctx.fc0) else None
-        cur = _estimate(ctx, cov, seed, f"it{it}", n_blocks, expected)
+        # with reuse only the pooled estimate is used: this ensemble's own fit would be thrown away
+        cur = _estimate(ctx, cov, seed, f"it{it}", n_blocks, expected, fit=not reuse)
         n_hess += cur.n_hessians
         dropped_all += [dict(d, iteration=it) for d in cur.dropped]
         for k in tim:
@@ -863,7 +891,7 @@ def renormalize_temperature(
     for j in range(1, s.n_seeds_for_error):
         seed = derive_seed(s.seed, tkey, last_it, j)
         seeds.append(seed)
-        e = _estimate(ctx, cov, seed, f"it{last_it}s{j}", 1)
+        e = _estimate(ctx, cov, seed, f"it{last_it}s{j}", 1, fit=not reuse)
         n_hess += e.n_hessians
         dropped_all += [dict(d, iteration=last_it, seed_index=j) for d in e.dropped]
         for k in tim:
@@ -877,13 +905,34 @@ def renormalize_temperature(
         est = _pooled_estimate(ctx, pool, s.n_blocks_for_error)
         estimates = [est]
         history[-1]["pool_final"] = est.pool
-    fc_t = np.mean([e.fc for e in estimates], axis=0)
-    if len(estimates) >= 2:
-        members, method = [e.fc for e in estimates], "independent seeds"
-    elif len(blocks := _block_estimates(ctx, est)) >= 2:
+    outputs = [e.fc for e in estimates]
+    finish = None
+    t_out = time.perf_counter()
+    if s.self_consistent and est.model is not None and s.quartic_output == "fixed_point":
+        # the fixed point of each final fitted model (warm-started from the Φ the last Σ came from)
+        out_rec: dict[str, Any] = {"kind": "estimate", "model_scph": []}
+        history[-1]["output"] = out_rec
+        tol_out = max(1e-6, min(1e-4, 0.01 * s.tol_thz))  # the output: well below the run's tolerance
+        fps = [_model_fixed_point(ctx, e.model, fc_in, temperature, out_rec, tol_out) for e in estimates]
+        if all(fp is not None for fp in fps):
+            outputs = fps
+            out_rec["kind"] = "model_fixed_point"
+            start = np.mean(fps, axis=0)
+
+            def finish(model) -> np.ndarray | None:  # batch means: the fixed point of each block's model
+                return _model_fixed_point(ctx, model, start, temperature, out_rec, tol_out)
+        else:
+            out_rec["reason"] = "the SCPH iteration of a final fitted model did not converge"
+            warnings.warn(f"[{label}] T={temperature:g} K: the fixed point of the final quartic model did not "
+                          "converge; returning ⟨H⟩ at the last Σ instead", stacklevel=2)
+    fc_t = np.mean(outputs, axis=0)
+    if len(outputs) >= 2:
+        members, method = outputs, "independent seeds"
+    elif len(blocks := _block_estimates(ctx, est, finish)) >= 2:
         members, method = blocks, f"batch means ({len(blocks)} blocks)"
     else:
         members, method = [], "none"
+    tim["estimator"] += time.perf_counter() - t_out
     _, f_t = commensurate_frequencies(sc, prim, fc_t)
     t_metrics = time.perf_counter()
     metrics = _metrics(ctx, fc_t, f_t, f0, qpts, sampled)
@@ -940,11 +989,13 @@ def renormalize_temperature(
 
 
 def _model_fixed_point(ctx: _Context, model, fc_in: np.ndarray, temperature: float,
-                       record: dict) -> np.ndarray | None:
+                       record: dict, tol_thz: float | None = None) -> np.ndarray | None:
     """SCPH fixed point Φ = Φ₂ + ½Φ₄:Σ(Φ) of a fitted quartic model, started from ``fc_in``.
 
     ``None`` when the model's own iteration does not converge (e.g. a fitted Φ₄ that destabilises a
-    soft mode): the caller then takes the mixed update; ``record`` notes which was used.
+    soft mode): the caller then takes the mixed update (or, for the output, the estimate);
+    ``record["model_scph"]`` notes the solve (appended to when it is a list). ``tol_thz`` of the
+    SCPH iteration: default min(1e-3, 0.1 × settings.tol_thz) (enough for a jump).
     """
     from tdphonon.validation.scph import scph
 
@@ -952,10 +1003,13 @@ def _model_fixed_point(ctx: _Context, model, fc_in: np.ndarray, temperature: flo
     ph = ctx.phonon
     t0 = time.perf_counter()
     r = scph(ph.supercell, ph.primitive, model.fc2, model.quartic, temperature, mixing=s.mixing,
-             tol_thz=min(1e-3, 0.1 * s.tol_thz), max_iterations=500, quantum=s.quantum,
+             tol_thz=tol_thz or min(1e-3, 0.1 * s.tol_thz), max_iterations=500, quantum=s.quantum,
              projector=ctx.projector, policy=s.policy, initial=fc_in)
-    record["model_scph"] = {"converged": r.converged, "n_iterations": r.n_iterations,
-                            "seconds": time.perf_counter() - t0}
+    info = {"converged": r.converged, "n_iterations": r.n_iterations, "seconds": time.perf_counter() - t0}
+    if isinstance(record.get("model_scph"), list):
+        record["model_scph"].append(info)
+    else:
+        record["model_scph"] = info
     return r.force_constants if r.converged else None
 
 
