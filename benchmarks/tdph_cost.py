@@ -15,7 +15,8 @@ universal M3GNet (../shared/models) and CHGNet 0.3.0, on the CPU. Methods (tdpho
   estimate pools the configurations of the earlier iterations, importance-reweighted to the current Σ).
 * ``quartic_fit_one_shot`` / ``quartic_fit_sc``: the model-based estimator (tdphonon.taylor): Φ₂ + Φ₄
   (quartic clusters to the 2nd neighbour shell) fitted to the odd forces of the ± pairs, ⟨H⟩_Σ in
-  closed form, each SC iteration jumping to the SCPH fixed point of the fitted model.
+  closed form, each SC iteration jumping to the SCPH fixed point of the fitted model; scored on that
+  fixed point, which is what a run returns (``quartic_output="fixed_point"``).
   ``quartic_fit_sc_shells1`` / ``_shells3``: the same with 1 / 3 shells (truncation of the model);
   ``quartic_fit_sc_reuse``: every fit uses the (reweighted) configurations of the earlier iterations too.
   On the surrogates the 2-shell model contains the true potential (its Φ₄ has 2 shells): exact by
@@ -221,7 +222,8 @@ def record_estimates(pot, steps: list):
     def hooked(*args, **kwargs):  # (ctx, cov, seed, tag, n_blocks, ...): signature-agnostic
         est = orig(*args, **kwargs)
         tag = kwargs["tag"] if "tag" in kwargs else args[3]
-        steps.append({"tag": tag, "fc": est.fc.copy(), "t": time.perf_counter(), "force_calls": pot.force_calls,
+        steps.append({"tag": tag, "fc": None if est.fc is None else est.fc.copy(), "t": time.perf_counter(),
+                      "force_calls": pot.force_calls,
                       "hessian_calls": pot.hessian_calls})
         return est
 
@@ -234,13 +236,34 @@ def record_estimates(pot, steps: list):
             steps[-1]["pool"] = {k: v for k, v in est.pool.items() if k != "ensembles"}
         return est
 
+    orig_fp = ren._model_fixed_point
+
+    def hooked_fp(*args, **kwargs):  # quartic_fit: the fitted model's fixed point, stored with its estimate
+        rec = kwargs["record"] if "record" in kwargs else args[4]
+        output = isinstance(rec.get("model_scph"), list)  # the final output: one solve per final estimate
+        i = len(rec["model_scph"]) if output else 0
+        fc = orig_fp(*args, **kwargs)
+        if not steps:
+            return fc
+        if output:  # the i-th fitted estimate of the last iteration (seeds: itK, itKs1, ...; reuse: the pool)
+            last = steps[-1]["tag"].split("s")[0]
+            fitted = [st for st in steps if st["tag"].split("s")[0] == last and st["fc"] is not None]
+            target = fitted[i] if i < len(fitted) else None  # later solves: batch-means blocks
+        else:  # a jump: after the estimate just made
+            target = steps[-1]
+        if target is not None and "fixed_point_fc" not in target:
+            target["fixed_point_fc"] = None if fc is None else fc.copy()
+        return fc
+
     ren._estimate = hooked
     ren._pooled_estimate = hooked_pooled
+    ren._model_fixed_point = hooked_fp
     try:
         yield
     finally:
         ren._estimate = orig
         ren._pooled_estimate = orig_pooled
+        ren._model_fixed_point = orig_fp
 
 
 class Bench:
@@ -333,9 +356,15 @@ class Bench:
 
     def _step(self, s: dict, c0: int, h0: int, t0: float) -> dict:
         fc, hc = s["force_calls"] - c0, s["hessian_calls"] - h0
-        return {"tag": s["tag"], "seconds": s["t"] - t0, "force_calls_raw": fc, "hessian_calls": hc,
-                "force_call_equivalents": self.equiv(fc, hc), "frequencies": self.named(s["fc"]),
-                **({"pool": s["pool"]} if "pool" in s else {})}
+        out = {"tag": s["tag"], "seconds": s["t"] - t0, "force_calls_raw": fc, "hessian_calls": hc,
+               "force_call_equivalents": self.equiv(fc, hc),
+               **({"frequencies": self.named(s["fc"])} if s["fc"] is not None else {}),
+               **({"pool": s["pool"]} if "pool" in s else {})}
+        if s.get("fixed_point_fc") is not None:  # quartic_fit: the fitted model's own fixed point
+            out["fixed_point_frequencies"] = self.named(s["fixed_point_fc"])
+        elif "fixed_point_fc" in s:
+            out["fixed_point_failed"] = True
+        return out
 
 
 def tdph_settings(**kw):
@@ -366,7 +395,10 @@ def reference_summary(run: dict) -> dict:
     """Final Γ/X/M/R frequencies of the reference and their standard error over the final seeds."""
     last_it = run["n_iterations"] - 1
     finals = [s for s in run["steps"] if s["tag"] == f"it{last_it}" or s["tag"].startswith(f"it{last_it}s")]
-    per = {k: np.array([s["frequencies"][k] for s in finals]) for k in run["final_frequencies"]}
+    # quartic_fit with the fixed-point output: the seeds' fixed points are what the result averages
+    fkey = "fixed_point_frequencies" if all("fixed_point_frequencies" in s for s in finals) else "frequencies"
+    finals = [s for s in finals if fkey in s]
+    per = {k: np.array([s[fkey][k] for s in finals]) for k in run["final_frequencies"]}
     stderr = {k: (v.std(axis=0, ddof=1) / np.sqrt(len(v))).tolist() if len(v) > 1 else None for k, v in per.items()}
     se_all = _branches({k: np.asarray(v) for k, v in stderr.items()}) if len(finals) > 1 else None
     n_final = len(finals) * run["settings"]["n_configurations"]
@@ -438,7 +470,7 @@ def summarize_one_shot(runs: dict, ref: dict) -> dict:
 
 
 def _sc_variant(r: dict, ref: dict, output: str, tol_stop: float = 0.05) -> dict:
-    fkey = "frequencies" if output == "estimate" else "mixed_frequencies"
+    fkey = {"estimate": "frequencies", "mixed": "mixed_frequencies", "fixed_point": "fixed_point_frequencies"}[output]
     its = [s for s in r["steps"] if "s" not in s["tag"][2:] and fkey in s]
     curve = []
     for s in its:
@@ -502,11 +534,14 @@ def _seed_group(vs: list) -> dict:
 
 
 def summarize_sc(runs: dict, ref: dict, primary: str) -> dict:
-    """Per run and output (``estimate`` = ⟨H⟩_{Σ(Φ_k)}, what renormalize returns if it stops after iteration
-    k; ``mixed`` = Φ_{k+1}, what hiPhive returns): error after each iteration; cost to threshold = first
-    iteration after which the error stays below it for the rest of the run. Method-level fields come
-    from the cheapest variant of the ``primary`` output (``*_other_output``: the other one)."""
-    variants = {f"{key}/{o}": _sc_variant(r, ref, o) for key, r in runs.items() for o in ("estimate", "mixed")}
+    """Per run and output (``estimate`` = ⟨H⟩_{Σ(Φ_k)}; ``mixed`` = Φ_{k+1}, what hiPhive returns;
+    ``fixed_point`` = the fixed point of the quartic model fitted at iteration k, what a quartic_fit run
+    returns if it stops there — ``estimate`` for the other estimators): error after each iteration; cost
+    to threshold = first iteration after which the error stays below it for the rest of the run.
+    Method-level fields come from the cheapest variant of the ``primary`` output (``*_other_output``: the
+    estimate, or the mixed Φ when the primary output is the estimate)."""
+    outputs = ("estimate", "mixed", "fixed_point")
+    variants = {f"{key}/{o}": _sc_variant(r, ref, o) for key, r in runs.items() for o in outputs}
     out: dict = {"primary_output": primary, "variants": variants}
     # runs repeated with several seeds ('.../seed=N/...') compete as one group: its cost is the median
     # over the seeds (a seed that never reaches the threshold counts as infinite), never the luckiest seed
@@ -598,7 +633,11 @@ def summarize_methods(runs: dict, rf: dict) -> dict:
         if m.endswith(("one_shot", "at_fixed_point")):
             methods[m] = summarize_one_shot(mr, rf)
         else:
-            methods[m] = summarize_sc(mr, rf, "mixed" if m == "hiphive_style_sc" else "estimate")
+            # quartic_fit runs made since the fixed-point output return the model's fixed point
+            ok = [r for r in mr.values() if "error" not in r]
+            fp = bool(ok) and all(any("fixed_point_frequencies" in st for st in r["steps"]) for r in ok)
+            methods[m] = summarize_sc(mr, rf, "mixed" if m == "hiphive_style_sc" else
+                                      "fixed_point" if m.startswith("quartic_fit") and fp else "estimate")
     return methods
 
 
@@ -613,6 +652,14 @@ def summarize(entry: dict) -> None:
         return
     entry["reference"] = ref
     methods = summarize_methods(runs, rf)
+    _goal_fields(methods)
+    entry["methods"] = methods
+    entry["methods_not_run"] = [m for m in METHODS if m in entry.get("plan", {}) and m not in methods]
+    precise_reference(entry, ref)
+
+
+def _goal_fields(methods: dict) -> None:
+    """Cost as a fraction of the hiPhive-style anchor (and of the measured loop); the issue's goal flag."""
     hip = methods.get("hiphive_style_sc", {})
     for d in methods.values():
         for suffix in ("", "_rms"):
@@ -623,14 +670,13 @@ def summarize(entry: dict) -> None:
                 d[f"fraction_of_hiphive_measured_{name}{suffix}"] = c / hc if c and hc else None
             c = d.get(f"force_calls_to_0p05_thz{suffix}")
             d[f"meets_goal_0p05_at_le_150_calls{suffix}"] = bool(c is not None and c <= 150)
-    entry["methods"] = methods
-    entry["methods_not_run"] = [m for m in METHODS if m in entry.get("plan", {}) and m not in methods]
-    precise_reference(entry, ref)
 
 
 #: method fields re-scored against the precise reference
-_PRECISE_FIELDS = [f"force_calls_to_{n}_thz{s}" for s in ("", "_rms") for n in THRESHOLDS] + [
-    "final_error_max_thz", "final_error_rms_thz"]
+_PRECISE_FIELDS = [f"{f}_{n}_thz{s}" for s in ("", "_rms") for n in THRESHOLDS
+                   for f in ("force_calls_to", "seconds_to", "variant_to")] + [
+    f"{f}{s}" for s in ("", "_rms") for f in ("meets_goal_0p05_at_le_150_calls", "fraction_of_hiphive_anchor_0p05")] + [
+    "primary_output", "final_error_max_thz", "final_error_rms_thz", "final_from"]
 
 
 def precise_reference(entry: dict, ref: dict) -> None:
@@ -642,8 +688,12 @@ def precise_reference(entry: dict, ref: dict) -> None:
         return
     pr = reference_summary(run)
     moved = _branches(run["final_frequencies"]) - _branches(stage2["final_frequencies"])
+    fp = run["settings"].get("quartic_output", "estimate") == "fixed_point"
+    pr["output"] = ("fixed points of the quartic models fitted at the final Σ (one per seed), averaged" if fp else
+                    "⟨H⟩ at the final Σ (one Picard step), averaged over the seeds")
+    step = ("the fixed points of the models fitted at Σ(Φ₂)" if fp else "one step ⟨H⟩_{Σ(Φ₂)}")
     pr["convergence"] = {
-        "what": "polish (one step ⟨H⟩_{Σ(Φ₂)} from stage 2's final Φ₂, mean of the seeds) minus stage 2's final; "
+        "what": f"polish ({step} from stage 2's final Φ₂, mean of the seeds) minus stage 2's final; "
                 "a fixed point moves by statistical noise only (about √2 × the standard error)",
         "max_abs_shift_thz": float(np.max(np.abs(moved))), "rms_shift_thz": float(np.sqrt(np.mean(moved**2))),
         "stage2_max_standard_error_thz": reference_summary(stage2)["max_standard_error_thz"],
@@ -657,8 +707,9 @@ def precise_reference(entry: dict, ref: dict) -> None:
         "within_2_reference_standard_errors": bool(se_ref is not None and np.max(np.abs(d)) <= 2 * se_ref),
     }
     entry["precise_reference"] = pr
-    entry["methods_vs_precise_reference"] = {m: {k: r.get(k) for k in _PRECISE_FIELDS}
-                                             for m, r in summarize_methods(runs, pr["frequencies"]).items()}
+    vs = summarize_methods(runs, pr["frequencies"])
+    _goal_fields(vs)
+    entry["methods_vs_precise_reference"] = {m: {k: r.get(k) for k in _PRECISE_FIELDS if k in r} for m, r in vs.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -1125,7 +1176,10 @@ def finish(results: dict, out: Path, plot: bool) -> None:
         "quartic_fit": "quartic_fit_*: estimator='quartic_fit' (tdphonon.taylor): Φ₂ (symfc basis) + Φ₄ (hiPhive "
                        "cluster space, 2 neighbour shells unless _shells1/_shells3) least-squares fitted to the odd "
                        "forces [F(u) − F(−u)]/2 of the ± pairs; ⟨H⟩_Σ = Φ₂ + ½Φ₄:Σ in closed form; each SC iteration "
-                       "jumps to the SCPH fixed point of the fitted model (no force calls), so no 'mixed' output. "
+                       "jumps to the SCPH fixed point of the fitted model (no force calls), so no 'mixed' output; "
+                       "their primary output is 'fixed_point': the fixed point of the model fitted at iteration k, "
+                       "what renormalize returns (quartic_output='fixed_point') if it stops there ('estimate', "
+                       "⟨H⟩ at Σ(Φ_k), kept as the other output). "
                        "On the surrogates the 2- and 3-shell models contain the true potential (its Φ₄ has 2 "
                        "shells): exact by construction, their cost is that of determining the fit; the 1-shell "
                        "model measures truncation error on a known answer. _reuse: pooled, reweighted "
@@ -1133,7 +1187,8 @@ def finish(results: dict, out: Path, plot: bool) -> None:
         "precise_reference": (
             "reference_quartic_polish (MLIPs): quartic_fit, self-consistent, in three stages (stage 1 from Φ⁰ with "
             "reuse; stage 2 warm-started from it, n per iteration, n_seeds_for_error independent seeds at the final "
-            "Σ; polish: one step from stage 2's final Φ with as many seeds; plan.reference_quartic), policy as the "
+            "Σ; polish: one step from stage 2's final Φ with as many seeds; plan.reference_quartic; every stage "
+            "returns the fixed point of its fitted models, quartic_output='fixed_point'), policy as the "
             "reference; precise_reference.convergence gives how far the polish moved from stage 2. quartic_fit has "
             "the same large-sample limit as force_fit whatever the quartic model lacks (on the same samples it is "
             "the force fit plus a control variate with a closed-form mean: docs/methods.md), with a several times "
@@ -1185,7 +1240,8 @@ def _seed_curves(method: dict, metric: str) -> dict[str, tuple[list[float], np.n
 
 def plot_cost(results: dict, path: Path) -> None:
     """Error vs force calls (log-log): rows max / RMS metric, one column per potential. Self-consistent runs:
-    the primary output (estimate for tdphonon, mixed Φ for hiPhive-style) of every variant that finished,
+    the primary output (estimate for tdphonon, the model's fixed point for quartic_fit, mixed Φ for hiPhive-style)
+    of every variant that finished,
     the median over its seeds with the min–max range shaded."""
     import matplotlib
 
