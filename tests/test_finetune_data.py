@@ -28,6 +28,7 @@ from tdphonon.finetune import (
     harmonic_energies,
     harmonic_forces,
     load_dataset,
+    mode_weighted_displacements,
     random_displacements,
     read_alamode,
     read_alamode_input,
@@ -40,7 +41,7 @@ from tdphonon.finetune import (
     write_dfset,
 )
 from tdphonon.finetune.sources import BOHR, RY_PER_BOHR, ForceSet, iter_reference_entries
-from tdphonon.sampling import full_force_constants, supercell_to_ase
+from tdphonon.sampling import full_force_constants, normal_modes, supercell_to_ase
 
 ALAMODE_STO = REFERENCE / "alamode" / "SrTiO3"
 NACL_RD = REFERENCE / "phonopy" / "test" / "phonopy_params_NaCl-rd.yaml.xz"
@@ -196,6 +197,87 @@ def test_random_displacements_range_and_seed():
 # --------------------------------------------------------------------------------------------
 # ALAMODE
 # --------------------------------------------------------------------------------------------
+def _frequency_weights(phonon, fc, u):
+    """Per non-translational mode s: mean over configurations of (ν_s Q_s)², and the |ν_s| (THz).
+
+    (ν_s Q_s)² is what a frequency error δν_s costs in force: δF_s ∝ δ(ν_s²) Q_s = 2 δν_s (ν_s Q_s).
+    """
+    modes = normal_modes(phonon.supercell, fc, phonon.primitive)
+    q = modes.mode_coordinates(u)[:, ~modes.is_translation]
+    nu = np.abs(modes.frequencies[~modes.is_translation])
+    return np.mean((nu * q) ** 2, axis=0), nu
+
+
+def test_mode_weighted_displacements_weight_every_frequency_alike(toy):
+    ph, fc = toy
+    n = 600
+    u, rec = mode_weighted_displacements(ph, n, (0.02, 0.04), force_constants=fc, floor_thz=0.05, seed=3)
+    assert u.shape == (n, 16, 3)
+    rms = np.sqrt(np.mean(np.sum(u**2, axis=-1), axis=-1))
+    assert rms.min() >= 0.02 - 1e-12 and rms.max() <= 0.04 + 1e-12
+    np.testing.assert_allclose(np.array(rec["rms_displacement"]), rms, rtol=1e-12)
+    masses = np.asarray(ph.supercell.masses)
+    np.testing.assert_allclose(np.einsum("i,kia->ka", masses, u), 0.0, atol=1e-10)  # no translation
+    w, nu = _frequency_weights(ph, fc, u)
+    assert nu.max() / nu.min() > 2.5  # the toy crystal has a real spread of frequencies
+    # every mode's frequency error costs the same force (statistical spread of 600 samples: ~6 %)
+    assert w.max() / w.min() < 1.5
+    # random Cartesian displacements favour the stiff modes by ∝ ν²: the weights follow ν², not 1
+    w_rand, _ = _frequency_weights(ph, fc, random_displacements(16, n, (0.02, 0.04), seed=3))
+    slope = np.polyfit(np.log(nu), np.log(w_rand), 1)[0]
+    assert slope > 1.5
+    assert abs(np.polyfit(np.log(nu), np.log(w), 1)[0]) < 0.2
+    # same seed, same displacements; the floor bounds the weight of near-zero modes
+    np.testing.assert_array_equal(u, mode_weighted_displacements(ph, n, (0.02, 0.04), force_constants=fc,
+                                                                 floor_thz=0.05, seed=3)[0])
+    floor = 0.5 * (nu.min() + nu.max())
+    uf, recf = mode_weighted_displacements(ph, n, (0.02, 0.04), force_constants=fc, floor_thz=floor, seed=3)
+    wf, _ = _frequency_weights(ph, fc, uf)
+    low = nu < floor
+    assert recf["n_below_floor"] == int(low.sum()) > 0
+    # below the floor the mode amplitude is that of the floor: (ν Q)² falls as ν² there
+    ratio = (wf[low] / (nu[low] / floor) ** 2).mean() / wf[~low].mean()
+    assert 0.75 < ratio < 1.33
+    with pytest.raises(ValueError, match="floor_thz"):
+        mode_weighted_displacements(ph, 2, force_constants=fc, floor_thz=0.0)
+
+
+def test_dataset_with_mode_weighted_configurations(toy_entry):
+    fc = toy_entry.force_constants
+    ref = toy_entry.reference_atoms()
+    plain, rec0 = compound_configurations(toy_entry, DatasetSettings(n_random=3, seed=2))
+    structs, rec = compound_configurations(toy_entry, DatasetSettings(n_random=3, n_modes=4, seed=2))
+    assert rec["counts"] == {"random": 3, "modes": 4}
+    assert set(rec["seeds"]) == {"random", "modes"} and rec["seeds"]["random"] == rec0["seeds"]["random"]
+    # adding mode-weighted configurations leaves the random ones unchanged
+    np.testing.assert_array_equal(np.array([a.positions for a in structs[:3]]),
+                                  np.array([a.positions for a in plain]))
+    modes = [a for a in structs if a.info["kind"] == "modes"]
+    assert len(modes) == 4 and 0 <= rec["modes"]["soft_mode_share"] <= 1 and rec["modes"]["n_imaginary"] == 0
+    for a in modes:
+        u = a.positions - ref.positions
+        assert 0.01 - 1e-12 <= np.sqrt(np.mean(np.sum(u**2, axis=1))) <= 0.05 + 1e-12
+        np.testing.assert_allclose(a.get_forces(), harmonic_forces(fc, u), atol=1e-12)
+    with pytest.raises(ValueError, match="n_modes"):
+        DatasetSettings(n_modes=-1)
+    assert DatasetSettings.from_dict(DatasetSettings(n_modes=5).to_dict()).n_modes == 5
+
+
+def test_cli_dataset_with_mode_weighted_configurations(tmp_path, toy_entry):
+    from typer.testing import CliRunner
+
+    from tdphonon.cli import app
+
+    out = tmp_path / "ds"
+    res = CliRunner().invoke(app, ["finetune", "dataset", str(toy_entry.source), "--out", str(out),
+                                   "--n-random", "1", "--n-modes", "2", "--val-fraction", "0"])
+    assert res.exit_code == 0, res.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["settings"]["n_modes"] == 2
+    kinds = [a.info["kind"] for a in load_dataset(out)["train"]]
+    assert sorted(kinds) == ["modes", "modes", "random"]
+
+
 def test_dfset_units_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     u = rng.normal(scale=0.03, size=(3, 5, 3))

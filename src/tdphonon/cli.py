@@ -602,6 +602,8 @@ def finetune_dataset(
     sources: SourcesArg,
     out: OutOpt = Path("finetune/dataset"),
     n_random: Annotated[int, typer.Option(help="random-displacement configurations per compound")] = 10,
+    n_modes: Annotated[int, typer.Option(help="mode-weighted configurations per compound (amplitude ∝ 1/|ν| per "
+                                               "normal mode, so the soft modes count)")] = 0,
     amplitude_min: Annotated[float, typer.Option(help="smallest random displacement (Å)")] = 0.01,
     amplitude_max: Annotated[float, typer.Option(help="largest random displacement (Å)")] = 0.05,
     temperature: Annotated[list[float] | None, typer.Option("--temperature", "-T",
@@ -619,7 +621,8 @@ def finetune_dataset(
     from tdphonon.finetune.flows import make_dataset
 
     try:
-        st = DatasetSettings(n_random=n_random, amplitude_min=amplitude_min, amplitude_max=amplitude_max,
+        st = DatasetSettings(n_random=n_random, n_modes=n_modes, amplitude_min=amplitude_min,
+                             amplitude_max=amplitude_max,
                              temperatures=tuple(temperature or ()), n_thermal=n_thermal, include_raw=raw,
                              held_out=tuple(held_out or ()), val_fraction=val_fraction, seed=seed)
         man = make_dataset(sources, out, st, overwrite=overwrite)

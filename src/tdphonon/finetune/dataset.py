@@ -6,6 +6,14 @@ DFT supercell are generated and labelled with the *exact* harmonic forces of Φ_
 * ``random`` (default, as Lee & Xia 2024): ``n_random`` (10) configurations in which every atom is
   displaced along a uniformly random direction by an amplitude drawn uniformly from
   [0.01, 0.05] Å;
+* ``modes`` (optional): ``n_modes`` *mode-weighted* configurations: u ~ N(0, Φ⁺), the shape of
+  the classical covariance (each normal mode s gets an amplitude ∝ 1/|ω_s|, soft and imaginary
+  modes bounded below by ``modes_floor_thz``), rescaled to an rms displacement per atom drawn uniformly from
+  [``amplitude_min``, ``amplitude_max``] (:func:`mode_weighted_displacements`). At equal amplitude a
+  random Cartesian displacement gives a mode s a force ∝ ω_s², so a force loss weights a frequency
+  error δω_s by ∝ ω_s and barely sees the soft modes; with amplitudes ∝ 1/ω_s every mode's
+  frequency error costs the same force error. The displacements stay as small as the random ones,
+  where F = −Φu is right;
 * ``thermal`` (optional): ``n_thermal`` configurations per temperature drawn from the quantum
   (or classical) covariance Σ(T) of Φ (:func:`tdphonon.sampling.thermal_covariance`);
 * ``raw`` (optional): the DFT displacement–force data of the source, as computed (by default
@@ -66,6 +74,7 @@ __all__ = [
     "harmonic_energies",
     "harmonic_forces",
     "load_dataset",
+    "mode_weighted_displacements",
     "random_displacements",
     "split_by_compound",
     "thermal_displacements",
@@ -88,7 +97,12 @@ class DatasetSettings:
     n_random
         Random-displacement configurations per compound (10, as Lee & Xia 2024; 0 for none).
     amplitude_min, amplitude_max
-        Range (Å) of the uniform per-atom displacement amplitude.
+        Range (Å) of the uniform per-atom displacement amplitude (``random``) and of the rms
+        displacement per atom of a configuration (``modes``).
+    n_modes
+        Mode-weighted configurations per compound (:func:`mode_weighted_displacements`; 0: none).
+    modes_floor_thz
+        Lowest |ν| (THz) a mode-weighted amplitude 1/|ν| uses (near-zero and weakly imaginary modes).
     temperatures
         Temperatures (K) of thermal configurations (empty: none).
     n_thermal
@@ -122,6 +136,8 @@ class DatasetSettings:
     n_random: int = 10
     amplitude_min: float = 0.01
     amplitude_max: float = 0.05
+    n_modes: int = 0
+    modes_floor_thz: float = 1.0
     temperatures: tuple[float, ...] = ()
     n_thermal: int = 10
     quantum: bool = True
@@ -136,8 +152,10 @@ class DatasetSettings:
     estimate_energy0: bool = False
 
     def __post_init__(self) -> None:
-        if self.n_random < 0 or self.n_thermal < 0:
-            raise ValueError("n_random and n_thermal must be ≥ 0")
+        if self.n_random < 0 or self.n_thermal < 0 or self.n_modes < 0:
+            raise ValueError("n_random, n_modes and n_thermal must be ≥ 0")
+        if self.modes_floor_thz <= 0:
+            raise ValueError("modes_floor_thz must be positive")
         if not 0 <= self.amplitude_min <= self.amplitude_max:
             raise ValueError("need 0 ≤ amplitude_min ≤ amplitude_max")
         if not 0 <= self.val_fraction < 1:
@@ -201,6 +219,50 @@ def random_displacements(natom: int, n_configurations: int, amplitude_range: tup
     return d * amp
 
 
+def mode_weighted_displacements(phonon, n_configurations: int,
+                                amplitude_range: tuple[float, float] = (0.01, 0.05), *,
+                                force_constants: np.ndarray | None = None, floor_thz: float = 1.0,
+                                seed: int | np.random.Generator = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """(n, N, 3) small displacements whose normal-mode amplitudes scale as 1/|ω_s|, and their record.
+
+    Each configuration is u = Σ_s M^{-1/2} w_s ξ_s / max(|ν_s|, ν_floor) with ξ_s ~ N(0, 1) over
+    the supercell normal modes of Φ (commensurate q-points; the three translations get zero
+    amplitude; imaginary modes count with |ν|, the floor ``floor_thz`` bounds the near-zero ones),
+    i.e. the shape of the classical covariance k_BT Φ⁺, rescaled so that its rms displacement per
+    atom, √(Σ_i |u_i|²/N), is drawn uniformly from ``amplitude_range`` (Å).
+
+    Why: the force of mode s at amplitude u_s is ∝ ω_s² u_s, so a force loss weights an error δω_s
+    by ∝ ω_s u_s. Random Cartesian displacements (u_s independent of ω_s) make the soft modes —
+    where phonon instabilities and anharmonicity live — nearly invisible; u_s ∝ 1/ω_s weights every
+    mode's frequency error alike, at the same small amplitudes as the random configurations (where
+    F = −Φu is right, unlike at thermal amplitudes).
+    """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(int(seed))
+    lo, hi = (float(x) for x in amplitude_range)
+    if not (0 <= lo <= hi and hi > 0):
+        raise ValueError(f"amplitude range must satisfy 0 ≤ min ≤ max, max > 0, got {amplitude_range}")
+    if not floor_thz > 0:
+        raise ValueError(f"floor_thz must be positive, got {floor_thz}")
+    fc = full_force_constants(phonon) if force_constants is None else np.asarray(force_constants, dtype=float)
+    modes = normal_modes(phonon.supercell, fc, phonon.primitive, method="commensurate")
+    nu = np.abs(modes.frequencies)
+    sigma = np.where(modes.is_translation, 0.0, 1.0 / np.maximum(nu, floor_thz))
+    patterns = modes.displacement_patterns() * sigma[None, :]
+    natom, n = modes.natom, int(n_configurations)
+    u = (rng.standard_normal((n, 3 * natom)) @ patterns.T).reshape(n, natom, 3)
+    rms = np.sqrt(np.mean(np.sum(u**2, axis=-1), axis=-1))
+    target = rng.uniform(lo, hi, size=n)
+    u *= (target / np.where(rms > 0, rms, 1.0))[:, None, None]
+    var = np.sum(modes.displacement_patterns() ** 2, axis=0) * sigma**2  # mean-square displacement per mode
+    soft = ~modes.is_translation & (nu < 3.0)
+    return u, {"rms_displacement": target.tolist(),
+               "max_displacement": float(np.max(np.linalg.norm(u, axis=-1))) if n else 0.0,
+               "floor_thz": float(floor_thz),
+               "soft_mode_share": float(var[soft].sum() / var.sum()) if var.sum() > 0 else 0.0,
+               "n_imaginary": int(np.sum(~modes.is_translation & (modes.frequencies < -1e-3))),
+               "n_below_floor": int(np.sum(~modes.is_translation & (nu < floor_thz)))}
+
+
 def thermal_displacements(phonon, temperature: float, n_configurations: int, *,
                           force_constants: np.ndarray | None = None, quantum: bool = True,
                           policy: ModeAmplitudePolicy | None = None, seed: int = 0, cap_mode: str = "clip",
@@ -239,7 +301,8 @@ def compound_configurations(entry: HarmonicEntry,
     """Configurations (ASE ``Atoms`` with forces / energies) of one entry and their record.
 
     Seeds: random configurations use ``derive_seed(seed, crc32(label), 1)``, thermal ones
-    ``derive_seed(seed, crc32(label), 2, round(1000 T))``, so an entry's data do not depend on the
+    ``derive_seed(seed, crc32(label), 2, round(1000 T))``, mode-weighted ones
+    ``derive_seed(seed, crc32(label), 3)``, so an entry's data do not depend on the
     other entries of the data set.
     """
     s = settings or DatasetSettings()
@@ -269,6 +332,23 @@ def compound_configurations(entry: HarmonicEntry,
         for k in range(len(u)):
             out.append(_make_atoms(ref, u[k], f[k], e[k], {**base_info, "kind": "random", "index": k}))
         record["counts"]["random"] = len(u)
+    if s.n_modes:
+        seed = derive_seed(s.seed, key, 3)
+        record["seeds"]["modes"] = seed
+        try:
+            u, rec = mode_weighted_displacements(entry.phonon, s.n_modes, (s.amplitude_min, s.amplitude_max),
+                                                 force_constants=fc, floor_thz=s.modes_floor_thz,
+                                                 seed=seed)
+        except TDPhononError as exc:
+            record["warnings"].append(f"mode-weighted configurations skipped: {exc.reason}")
+        else:
+            f = harmonic_forces(fc, u)
+            e = harmonic_energies(fc, u, e0) if e0 is not None else [None] * len(u)
+            for k in range(len(u)):
+                out.append(_make_atoms(ref, u[k], f[k], e[k], {**base_info, "kind": "modes", "index": k}))
+            record["counts"]["modes"] = len(u)
+            record["modes"] = {k: rec[k] for k in ("max_displacement", "soft_mode_share", "n_imaginary",
+                                                      "n_below_floor")}
     for t in s.temperatures if s.n_thermal else ():
         seed = derive_seed(s.seed, key, 2, round(1000 * t))
         record["seeds"][f"thermal_{t:g}K"] = seed
