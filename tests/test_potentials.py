@@ -181,7 +181,7 @@ def test_atomate2_force_field_name(chgnet):
 
 
 def test_matgl_autograd_hessian_matches_finite_differences(random_m3gnet_dir):
-    """Both autograd routes (row loop, replicated batch) agree with each other and with central differences."""
+    """The autograd routes (row loop, replicated batch, vmap) agree with each other and with central differences."""
     from tdphonon.potentials import fd_hessians
 
     pot = load_potential(random_m3gnet_dir, device="cpu")
@@ -190,6 +190,10 @@ def test_matgl_autograd_hessian_matches_finite_differences(random_m3gnet_dir):
     h_loop = pot.hessians([a])[0]
     h_batch = pot.hessians([a], rows_per_batch=5)[0]
     np.testing.assert_allclose(h_batch, h_loop, atol=1e-5 * np.abs(h_loop).max())
+    h_vmap = pot.hessians([a], rows_per_batch=7, route="vmap")[0]  # 7 does not divide 3N = 12: a ragged chunk
+    np.testing.assert_allclose(h_vmap, h_loop, atol=1e-5 * np.abs(h_loop).max())
+    with pytest.raises(ValueError, match="route"):
+        pot.hessians([a], route="magic")
     h_fd = fd_hessians(pot, [a], delta=0.01)[0]
     np.testing.assert_allclose(h_fd, h_loop, atol=2e-2 * np.abs(h_loop).max())
     np.testing.assert_allclose(h_loop, h_loop.T, atol=1e-8)

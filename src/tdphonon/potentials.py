@@ -440,20 +440,36 @@ class MatglPotential(Potential):
             energies = energies + self.torch.squeeze(pot.element_refs(g))
         return energies.reshape(-1), g.pos
 
+    #: Hessian routes of :meth:`hessians`
+    HESSIAN_ROUTES = ("rows", "replicate", "vmap")
+
     def hessians(self, atoms_list: Sequence[Atoms], delta: float = 0.01,
-                 labels: Sequence[str] | None = None, rows_per_batch: int | None = None) -> np.ndarray:
+                 labels: Sequence[str] | None = None, rows_per_batch: int | None = None,
+                 route: str | None = None) -> np.ndarray:
         """Exact (autograd) Hessians, (n, 3N, 3N) in eV/Å².
 
-        On CUDA the structure is replicated ``rows_per_batch`` times (default 48) in one batched
-        graph and one double-backward pass yields that many Hessian rows at once (copy *b*
-        contributes row *k_b*): batched vector-Jacobian products that keep the GPU busy. On CPU
-        (default ``rows_per_batch=1``) the rows are taken one by one from a single graph, which
-        is what the CPU does fastest (measured: replication costs ~3x more there). ``delta`` is
-        unused (interface compatibility with finite differences).
+        Three routes give the same values (to float32 round-off; tested):
+
+        * ``"rows"``: one graph, the rows taken one by one by double backward (what matgl's
+          ``calc_hessian`` does). What the CPU does fastest; the default there.
+        * ``"replicate"``: the structure replicated ``rows_per_batch`` times (default 48) in one
+          batched graph, one double-backward pass yields that many rows (copy *b* contributes
+          row *k_b*): batched vector–Jacobian products that keep a GPU busy. The CUDA default.
+        * ``"vmap"``: one graph, ``rows_per_batch`` (default 48) unit vectors back-propagated at once
+          through the force graph (``torch.autograd.grad(..., is_grads_batched=True)``, vmap over the
+          backward pass): batched VJPs without the replicated graph's memory.
+
+        ``rows_per_batch`` alone (without ``route``) selects ``"replicate"`` when > 1 (the older
+        interface). ``delta`` is unused (interface compatibility with finite differences).
         """
         torch = self.torch
-        if rows_per_batch is None:
-            rows_per_batch = 48 if str(self.device).startswith("cuda") else 1
+        on_cuda = str(self.device).startswith("cuda")
+        if route is None:
+            route = ("replicate" if rows_per_batch > 1 else "rows") if rows_per_batch is not None else (
+                "replicate" if on_cuda else "rows")
+        if route not in self.HESSIAN_ROUTES:
+            raise ValueError(f"unknown Hessian route {route!r}; choose one of {self.HESSIAN_ROUTES}")
+        chunk = max(1, int(rows_per_batch or 48))
         out = []
         for k, atoms in enumerate(atoms_list):
             lab = _label(labels, k, atoms)
@@ -461,16 +477,9 @@ class MatglPotential(Potential):
             n3 = 3 * len(atoms)
             h = np.zeros((n3, n3))
             with self._lock:
-                if rows_per_batch <= 1:
-                    batch, lattice, state = self._graphs([atoms])
-                    energies, pos = self._energy_graph(batch, lattice, state)
-                    grad_e = torch.autograd.grad(energies.sum(), pos, create_graph=True)[0].reshape(-1)
-                    for i in range(n3):
-                        row = torch.autograd.grad(grad_e[i], pos, retain_graph=i < n3 - 1)[0]
-                        h[i] = row.reshape(-1).detach().cpu().double().numpy()
-                else:
-                    for start in range(0, n3, rows_per_batch):
-                        rows = np.arange(start, min(n3, start + rows_per_batch))
+                if route == "replicate":
+                    for start in range(0, n3, chunk):
+                        rows = np.arange(start, min(n3, start + chunk))
                         batch, lattice, state = self._graphs([atoms] * len(rows))
                         energies, pos = self._energy_graph(batch, lattice, state)
                         grad_e = torch.autograd.grad(energies.sum(), pos, create_graph=True)[0]
@@ -478,6 +487,22 @@ class MatglPotential(Potential):
                         sel = g[torch.arange(len(rows)), torch.as_tensor(rows)]
                         hrows = torch.autograd.grad(sel.sum(), pos)[0].reshape(len(rows), n3)
                         h[rows] = hrows.detach().cpu().double().numpy()
+                else:
+                    batch, lattice, state = self._graphs([atoms])
+                    energies, pos = self._energy_graph(batch, lattice, state)
+                    grad_e = torch.autograd.grad(energies.sum(), pos, create_graph=True)[0].reshape(-1)
+                    if route == "rows":
+                        for i in range(n3):
+                            row = torch.autograd.grad(grad_e[i], pos, retain_graph=i < n3 - 1)[0]
+                            h[i] = row.reshape(-1).detach().cpu().double().numpy()
+                    else:  # vmap
+                        for start in range(0, n3, chunk):
+                            stop = min(n3, start + chunk)
+                            eye = torch.zeros((stop - start, n3), dtype=grad_e.dtype, device=grad_e.device)
+                            eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+                            hrows = torch.autograd.grad(grad_e, pos, grad_outputs=eye, is_grads_batched=True,
+                                                        retain_graph=stop < n3)[0]
+                            h[start:stop] = hrows.reshape(stop - start, n3).detach().cpu().double().numpy()
                 self.hessian_calls += 1
             if not np.all(np.isfinite(h)):
                 raise UnphysicalForcesError(lab, "model returned a non-finite Hessian")
