@@ -8,12 +8,12 @@ DFT supercell are generated and labelled with the *exact* harmonic forces of Φ_
   [0.01, 0.05] Å;
 * ``modes`` (optional): ``n_modes`` *mode-weighted* configurations: u ~ N(0, Φ⁺), the shape of
   the classical covariance (each normal mode s gets an amplitude ∝ 1/|ω_s|, soft and imaginary
-  modes bounded below by ``modes_floor_thz``), rescaled to an rms displacement per atom drawn uniformly from
-  [``amplitude_min``, ``amplitude_max``] (:func:`mode_weighted_displacements`). At equal amplitude a
-  random Cartesian displacement gives a mode s a force ∝ ω_s², so a force loss weights a frequency
+  modes bounded below by ``modes_floor_thz``), rescaled so that the largest atomic displacement is
+  drawn uniformly from [``amplitude_min``, ``amplitude_max``] (:func:`mode_weighted_displacements`).
+  At equal amplitude a random Cartesian displacement gives a mode s a force ∝ ω_s², so a force loss weights a frequency
   error δω_s by ∝ ω_s and barely sees the soft modes; with amplitudes ∝ 1/ω_s every mode's
-  frequency error costs the same force error. The displacements stay as small as the random ones,
-  where F = −Φu is right;
+  frequency error costs the same force error. No atom moves further than in the random
+  configurations, where F = −Φu is right;
 * ``thermal`` (optional): ``n_thermal`` configurations per temperature drawn from the quantum
   (or classical) covariance Σ(T) of Φ (:func:`tdphonon.sampling.thermal_covariance`);
 * ``raw`` (optional): the DFT displacement–force data of the source, as computed (by default
@@ -97,8 +97,8 @@ class DatasetSettings:
     n_random
         Random-displacement configurations per compound (10, as Lee & Xia 2024; 0 for none).
     amplitude_min, amplitude_max
-        Range (Å) of the uniform per-atom displacement amplitude (``random``) and of the rms
-        displacement per atom of a configuration (``modes``).
+        Range (Å) of the uniform per-atom displacement amplitude (``random``) and of the largest
+        atomic displacement of a configuration (``modes``).
     n_modes
         Mode-weighted configurations per compound (:func:`mode_weighted_displacements`; 0: none).
     modes_floor_thz
@@ -228,14 +228,15 @@ def mode_weighted_displacements(phonon, n_configurations: int,
     Each configuration is u = Σ_s M^{-1/2} w_s ξ_s / max(|ν_s|, ν_floor) with ξ_s ~ N(0, 1) over
     the supercell normal modes of Φ (commensurate q-points; the three translations get zero
     amplitude; imaginary modes count with |ν|, the floor ``floor_thz`` bounds the near-zero ones),
-    i.e. the shape of the classical covariance k_BT Φ⁺, rescaled so that its rms displacement per
-    atom, √(Σ_i |u_i|²/N), is drawn uniformly from ``amplitude_range`` (Å).
+    i.e. the shape of the classical covariance k_BT Φ⁺, rescaled so that its *largest* atomic
+    displacement is drawn uniformly from ``amplitude_range`` (Å): no atom moves further than in
+    the random configurations, where F = −Φu holds (a soft-mode double well is still close to
+    its inverted parabola there; at thermal amplitudes it is not).
 
     Why: the force of mode s at amplitude u_s is ∝ ω_s² u_s, so a force loss weights an error δω_s
     by ∝ ω_s u_s. Random Cartesian displacements (u_s independent of ω_s) make the soft modes —
     where phonon instabilities and anharmonicity live — nearly invisible; u_s ∝ 1/ω_s weights every
-    mode's frequency error alike, at the same small amplitudes as the random configurations (where
-    F = −Φu is right, unlike at thermal amplitudes).
+    mode's frequency error alike.
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(int(seed))
     lo, hi = (float(x) for x in amplitude_range)
@@ -250,13 +251,13 @@ def mode_weighted_displacements(phonon, n_configurations: int,
     patterns = modes.displacement_patterns() * sigma[None, :]
     natom, n = modes.natom, int(n_configurations)
     u = (rng.standard_normal((n, 3 * natom)) @ patterns.T).reshape(n, natom, 3)
-    rms = np.sqrt(np.mean(np.sum(u**2, axis=-1), axis=-1))
+    largest = np.max(np.linalg.norm(u, axis=-1), axis=-1)
     target = rng.uniform(lo, hi, size=n)
-    u *= (target / np.where(rms > 0, rms, 1.0))[:, None, None]
+    u *= (target / np.where(largest > 0, largest, 1.0))[:, None, None]
     var = np.sum(modes.displacement_patterns() ** 2, axis=0) * sigma**2  # mean-square displacement per mode
     soft = ~modes.is_translation & (nu < 3.0)
-    return u, {"rms_displacement": target.tolist(),
-               "max_displacement": float(np.max(np.linalg.norm(u, axis=-1))) if n else 0.0,
+    return u, {"max_displacement": target.tolist(),
+               "rms_displacement": np.sqrt(np.mean(np.sum(u**2, axis=-1), axis=-1)).tolist(),
                "floor_thz": float(floor_thz),
                "soft_mode_share": float(var[soft].sum() / var.sum()) if var.sum() > 0 else 0.0,
                "n_imaginary": int(np.sum(~modes.is_translation & (modes.frequencies < -1e-3))),
@@ -347,8 +348,9 @@ def compound_configurations(entry: HarmonicEntry,
             for k in range(len(u)):
                 out.append(_make_atoms(ref, u[k], f[k], e[k], {**base_info, "kind": "modes", "index": k}))
             record["counts"]["modes"] = len(u)
-            record["modes"] = {k: rec[k] for k in ("max_displacement", "soft_mode_share", "n_imaginary",
-                                                      "n_below_floor")}
+            record["modes"] = {"max_displacement": float(max(rec["max_displacement"])),
+                               "mean_rms_displacement": float(np.mean(rec["rms_displacement"])),
+                               **{k: rec[k] for k in ("soft_mode_share", "n_imaginary", "n_below_floor")}}
     for t in s.temperatures if s.n_thermal else ():
         seed = derive_seed(s.seed, key, 2, round(1000 * t))
         record["seeds"][f"thermal_{t:g}K"] = seed
