@@ -47,6 +47,24 @@ def compound_summary(manifest: dict, per_material: dict) -> dict:
     return out
 
 
+HARMONIC_ACCURACY = OUT.with_name("harmonic_accuracy.json")
+
+
+def universal_models_on(labels: list[str], path: Path = HARMONIC_ACCURACY) -> dict | None:
+    """The universal models' MAE on the given sets, from ``harmonic_accuracy.json`` (same function and metric:
+    :func:`tdphonon.evaluation.compare_with_reference`), or None when that file is absent. The bar a fine-tuned
+    model has to clear before it can be the default for materials it was not trained on."""
+    if not path.exists():
+        return None
+    ha = json.loads(path.read_text())
+    out: dict = {"source": f"benchmarks/results/{path.name} ({ha.get('date')})"}
+    for name, m in ha["models"].items():
+        per = {lab: m["materials"][lab]["mae_thz"] for lab in labels if "mae_thz" in m["materials"].get(lab, {})}
+        out[name] = {"per_set": per, "mae_thz": float(np.mean(list(per.values()))) if len(per) == len(labels)
+                     else None}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=16)
@@ -56,6 +74,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--anchor-weight", type=float, default=0.0, help="L2-SP pull towards the base weights (0: off)")
     ap.add_argument("--n-random", type=int, default=10)
+    ap.add_argument("--n-modes", type=int, default=0,
+                    help="mode-weighted configurations per set (amplitude ∝ 1/|ν| per normal mode)")
     ap.add_argument("--max-atoms", type=int, default=200)
     ap.add_argument("--heldout", nargs="*", default=HELDOUT)
     ap.add_argument("--device", default="cpu")
@@ -78,7 +98,8 @@ def main(argv=None) -> int:
     rep = read_reference_collection(SHARED / "reference", skip_larger_than=args.max_atoms)
     t_read = time.perf_counter() - t0
     print(f"{len(rep.entries)} sets read, {len(rep.skipped)} skipped ({t_read:.0f} s)", flush=True)
-    st = DatasetSettings(n_random=args.n_random, held_out=tuple(args.heldout), val_fraction=0.05, seed=0,
+    st = DatasetSettings(n_random=args.n_random, n_modes=args.n_modes, held_out=tuple(args.heldout),
+                         val_fraction=0.05, seed=0,
                          include_raw=args.max_raw > 0, raw_kinds=("random",), max_raw_per_set=args.max_raw or None)
     ds = build_dataset(list(rep.entries) + list(rep.skipped), st)
     write_dataset(ds, work / "dataset", overwrite=True)
@@ -126,6 +147,7 @@ def main(argv=None) -> int:
         "packages": package_versions(), "hardware": hardware_info(args.device), "date": time.strftime("%Y-%m-%d"),
         "work_dir": str(work),
     }
+    result["universal_models_on_heldout"] = universal_models_on(test_labels)
     cs = compound_summary(man, result["per_material"])
     result["n_train_compounds"] = cs.pop("n_train_compounds")
     result["compounds"] = {**cs, "note": "mae_thz_*_train average over the training sets; *_per_compound over "

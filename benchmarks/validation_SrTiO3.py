@@ -18,8 +18,9 @@ ML side: the TDPH engine on SrTiO3 (2x2x2) at the same temperatures, one-shot an
 force fit (with importance-reweighted sample reuse), on the DFT cell without relaxation (or, with
 ``--ml-geometry relaxed``, on the model-relaxed cell). The main ML column uses a potential fine-tuned
 on *the same DFT data* (the issue's requirement): M3GNet-MP-2021.2.8-PES fine-tuned here, with
-tdphonon's fine-tuning code, on 20 configurations of 0.01–0.05 Å random displacements with forces
-−Φ₂u from the DFT harmonic set, the 4 raw finite-displacement configurations, and 34 of the 40
+tdphonon's fine-tuning code, on 20 configurations of 0.01–0.05 Å random displacements and 20
+mode-weighted ones (normal-mode amplitudes ∝ 1/|ν|, same rms amplitudes; ``--finetune-n-modes``) with
+forces −Φ₂u from the DFT harmonic set, the 4 raw finite-displacement configurations, and 34 of the 40
 large-amplitude configurations (the other 6: validation and model selection). ``--compare-models``
 adds columns for other potentials (default: the project's shipped model and SevenNet-0).
 
@@ -291,7 +292,8 @@ def finetune_on_dft_data(args) -> tuple[str, dict]:
 
     base = str(DATA.parents[2] / "models" / "M3GNet-MP-2021.2.8-PES")
     entry = read_entry(DATA)
-    ds = DatasetSettings(n_random=20, include_raw=True, raw_kinds=("fd", "md+random"), max_raw_per_set=None,
+    ds = DatasetSettings(n_random=20, n_modes=args.finetune_n_modes, include_raw=True,
+                         raw_kinds=("fd", "md+random"), max_raw_per_set=None,
                          val_fraction=0.0, seed=0)
     atoms, record = compound_configurations(entry, ds)
     large = [a for a in atoms if a.info["kind"] == "raw:md+random"]
@@ -345,8 +347,9 @@ def ml_branch(args, model: str | None = None) -> dict:
            "geometry": {"source": args.ml_geometry, "a_angstrom": float(sto.lattice.a),
                         "relaxed_with_the_model": hs.relax}}
     if spec == FINETUNED:
-        out["note"] = ("M3GNet-MP-2021.2.8-PES fine-tuned on these SrTiO3 PBEsol data (harmonic set as F = -Φ₂u at "
-                       "0.01-0.05 Å, 4 raw FD and 34 of 40 large-amplitude configurations; 6 for validation)")
+        out["note"] = ("M3GNet-MP-2021.2.8-PES fine-tuned on these SrTiO3 PBEsol data (harmonic set as F = -Φ₂u on "
+                       f"20 random and {args.finetune_n_modes} mode-weighted configurations at 0.01-0.05 Å rms, "
+                       "4 raw FD and 34 of 40 large-amplitude configurations; 6 for validation)")
         out["model_card"] = card
     elif spec == "tdphonon-m3gnet":
         c = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
@@ -417,6 +420,10 @@ def main(argv=None) -> None:
                     help=f"model of the main ML column ({FINETUNED!r}: fine-tuned here on these DFT data)")
     ap.add_argument("--compare-models", nargs="*", default=["tdphonon-m3gnet", "sevennet-0"])
     ap.add_argument("--finetune-epochs", type=int, default=30)
+    ap.add_argument("--finetune-n-modes", type=int, default=20,
+                    help="mode-weighted F = -Φ₂u configurations of the main column's fine-tuning data (0: random only)")
+    ap.add_argument("--ml-only", action="store_true",
+                    help="recompute only the main ML column (--ml-model) and update it in the committed JSON")
     ap.add_argument("--work", default=str(ROOT / "out" / "validation_SrTiO3"), help="cache of the fine-tuned model")
     ap.add_argument("--skip-engine-check", action="store_true")
     ap.add_argument("--replot", action="store_true", help="only redraw the figure from the committed JSON")
@@ -449,6 +456,14 @@ def main(argv=None) -> None:
         write_result(r, OUT / "validation_SrTiO3.json")
         plot(r["dft"], r["ml"], OUT / "validation_SrTiO3.png", r["ml_comparison"], r.get("engine_check"))
         print({name: {k: c[k] for k in ("gamma_to1", "r_soft")} for name, c in r["ml_comparison"].items()})
+        return
+    if args.ml_only:
+        r = json.loads((OUT / "validation_SrTiO3.json").read_text())
+        r["ml"] = ml_branch(args)
+        r["ml_tdph_thz_300K"] = summary_300k(r["ml"])
+        write_result(r, OUT / "validation_SrTiO3.json")
+        plot(r["dft"], r["ml"], OUT / "validation_SrTiO3.png", r["ml_comparison"], r.get("engine_check"))
+        print(r["ml_tdph_thz_300K"])
         return
     if args.engine_check_only:
         args.skip_kappa = True
