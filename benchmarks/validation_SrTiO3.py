@@ -19,7 +19,7 @@ force fit (with importance-reweighted sample reuse), on the DFT cell without rel
 ``--ml-geometry relaxed``, on the model-relaxed cell). The main ML column uses a potential fine-tuned
 on *the same DFT data* (the issue's requirement): M3GNet-MP-2021.2.8-PES fine-tuned here, with
 tdphonon's fine-tuning code, on 20 configurations of 0.01–0.05 Å random displacements and 20
-mode-weighted ones (normal-mode amplitudes ∝ 1/|ν|, same rms amplitudes; ``--finetune-n-modes``) with
+mode-weighted ones (normal-mode amplitudes ∝ 1/|ν|, no atom beyond 0.05 Å; ``--finetune-n-modes``) with
 forces −Φ₂u from the DFT harmonic set, the 4 raw finite-displacement configurations, and 34 of the 40
 large-amplitude configurations (the other 6: validation and model selection). ``--compare-models``
 adds columns for other potentials (default: the project's shipped model and SevenNet-0).
@@ -348,7 +348,8 @@ def ml_branch(args, model: str | None = None) -> dict:
                         "relaxed_with_the_model": hs.relax}}
     if spec == FINETUNED:
         out["note"] = ("M3GNet-MP-2021.2.8-PES fine-tuned on these SrTiO3 PBEsol data (harmonic set as F = -Φ₂u on "
-                       f"20 random and {args.finetune_n_modes} mode-weighted configurations at 0.01-0.05 Å rms, "
+                       f"20 random and {args.finetune_n_modes} mode-weighted configurations (largest displacement "
+                       "0.01-0.05 Å), "
                        "4 raw FD and 34 of 40 large-amplitude configurations; 6 for validation)")
         out["model_card"] = card
     elif spec == "tdphonon-m3gnet":
