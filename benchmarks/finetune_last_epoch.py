@@ -5,7 +5,7 @@
 two validation compounds that choice is noisy, and when no epoch beats the base the "fine-tuned"
 model *is* the base. This script loads the last epoch's weights from the run's ``checkpoint.pt``,
 writes them as a matgl model directory and scores it with the same function and metric
-(:func:`tdphonon.evaluation.compare_with_reference`) on the held-out and validation sets of the
+(:func:`tdphonon.finetune.flows.evaluate`) on the held-out and validation sets of the
 result JSON; the block ``last_epoch`` is added to that JSON.
 
     python benchmarks/finetune_last_epoch.py RESULT.json [--work WORK_DIR]
@@ -18,8 +18,6 @@ import json
 import os
 import sys
 from pathlib import Path
-
-import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,10 +35,7 @@ def main(argv=None) -> int:
     import matgl
     import torch
 
-    from tdphonon.evaluation import compare_with_reference
-    from tdphonon.finetune.flows import _as_reference
-    from tdphonon.finetune.sources import read_reference_collection
-    from tdphonon.potentials import load_potential
+    from tdphonon.finetune.flows import evaluate
 
     path = Path(args.result)
     res = json.loads(path.read_text())
@@ -51,15 +46,14 @@ def main(argv=None) -> int:
     model.load_state_dict(ckpt["model"])
     out_dir = work / "last_epoch_model"
     model.save(str(out_dir))
-    pot = load_potential(str(out_dir), device="cpu", cache=False)
-    labels = list(res["heldout_compounds"]) + list(res["val_sets"])
-    rep = read_reference_collection(SHARED / "reference", skip_larger_than=res["settings"]["max_atoms"])
-    per = {e.label: compare_with_reference(_as_reference(e), pot).mae_thz for e in rep.entries if e.label in labels}
-    held = [per[lab] for lab in res["heldout_compounds"]]
+    heldout = list(res["heldout_compounds"])
+    ev = evaluate([SHARED / "reference"], {"last_epoch": str(out_dir)}, heldout,
+                  labels=heldout + list(res["val_sets"]))["models"]["last_epoch"]
+    held = ev["mae_thz_heldout"]
     res["last_epoch"] = {
-        "epoch": int(ckpt["epoch"]), "model_sha256": pot.identity.sha256, "per_set": per,
-        "mae_thz_heldout": float(np.mean(held)),
-        "improvement_heldout": res["mae_thz_before_heldout"] / float(np.mean(held)),
+        "epoch": int(ckpt["epoch"]), "model_sha256": ev["model"]["sha256"],
+        "per_set": {k: v["mae_thz"] for k, v in ev["materials"].items()},
+        "mae_thz_heldout": held, "improvement_heldout": res["mae_thz_before_heldout"] / held,
         "note": "weights of the last epoch (checkpoint.pt), not the validation-selected ones",
     }
     path.write_text(json.dumps(res, indent=1, default=str))
