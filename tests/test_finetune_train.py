@@ -87,6 +87,82 @@ def test_two_epochs_lower_the_loss_and_resume_is_exact(dataset, tmp_path):
     assert anchored.card["settings"]["anchor_weight"] == 100.0
 
 
+def _reference(label):
+    from tdphonon.finetune.flows import _as_reference, read_sources
+
+    src = next(s for s in SOURCES if s.startswith(label))
+    (entry,) = read_sources([REFERENCE / "phonopy" / "test" / src]).entries
+    return _as_reference(entry)
+
+
+def test_phonon_mae_selection_keeps_the_epoch_with_the_best_validation_phonons(dataset, tmp_path):
+    from tdphonon.errors import TDPhononError
+    from tdphonon.evaluation import compare_with_reference
+    from tdphonon.finetune.dataset import load_dataset
+    from tdphonon.finetune.train import FineTuneSettings, fine_tune, phonon_mae
+    from tdphonon.potentials import load_potential
+
+    data = load_dataset(dataset)
+    train, val = data["train"], data["test"]
+    zr = _reference("phonopy_params_Zr3N4")
+    st = FineTuneSettings(epochs=2, lr=3e-4, batch_size=2, patience=0, device="cpu", selection="phonon_mae")
+    with pytest.raises(TDPhononError, match="needs the DFT reference sets"):
+        fine_tune(M3GNET_DIR, train, val, tmp_path / "none", st)
+    with pytest.raises(ValueError, match="unknown selection"):
+        FineTuneSettings(selection="energy")
+    res = fine_tune(M3GNET_DIR, train, val, tmp_path / "ph", st, resume=False, val_references=[zr])
+    card = res.card
+    # the base model's score is the plain comparison of the base model with the DFT set
+    base = load_potential(str(M3GNET_DIR), device="cpu", cache=False)
+    base_mae = compare_with_reference(zr, base).mae_thz
+    assert card["val_phonon_mae_thz"]["before"] == pytest.approx(base_mae, rel=1e-6)
+    scores = [base_mae] + [h["val_phonon_mae_thz"] for h in res.history]
+    assert all(set(h["val_phonon_mae_per_set"]) == {"phonopy_params_Zr3N4"} for h in res.history)
+    assert card["best_epoch"] == int(np.argmin(scores)) - 1
+    assert card["selection"] == {"by": "phonon_mae", "best_score": pytest.approx(min(scores)), "unit": "THz"}
+    # the saved model is the selected one: its own score is the best one recorded
+    saved = load_potential(str(res.model_dir), device="cpu", cache=False)
+    assert phonon_mae(saved, [zr])["mean"] == pytest.approx(min(scores), rel=1e-4)
+    assert card["val_phonon_mae_thz"]["after"] == pytest.approx(min(scores), rel=1e-4)
+    assert "phonon-frequency MAE" in (res.model_dir / "README.md").read_text()
+    # a model that cannot score a set (here: every force over the limit) scores inf, never well
+    saved.max_force = 1e-9
+    bad = phonon_mae(saved, [zr])
+    assert bad["mean"] == float("inf") and "UnphysicalForcesError" in bad["errors"]["phonopy_params_Zr3N4"]
+    # resuming against other validation sets would mix scores: refused
+    with pytest.raises(TDPhononError, match="other validation reference sets"):
+        fine_tune(M3GNET_DIR, train, val, tmp_path / "ph", st, val_references=[_reference("phonopy_params_Si")])
+
+
+def test_cli_train_selects_on_validation_phonons(tmp_path):
+    from tdphonon.cli import app
+
+    paths = [str(REFERENCE / "phonopy" / "test" / s) for s in SOURCES[:2]]
+    ds = tmp_path / "ds"
+    res = runner.invoke(app, ["finetune", "dataset", *paths, "--out", str(ds), "--n-random", "2",
+                              "--val-fraction", "0.5"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((ds / "manifest.json").read_text())
+    val = [lab for c in manifest["compounds"].values() if c["split"] == "val" for lab in c["labels"]]
+    assert len(val) == 1
+    args = ["finetune", "train", str(ds), "--base", str(M3GNET_DIR), "--epochs", "1", "--device", "cpu",
+            "--select", "phonon_mae"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "m0")])
+    assert res.exit_code != 0 and "needs the data set's sources" in res.output
+    refs = [x for p in paths for x in ("--references", p)]
+    res = runner.invoke(app, [*args, *refs, "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    assert "validation phonon-frequency MAE" in res.output
+    card = json.loads((tmp_path / "m" / "model" / "model_card.json").read_text())
+    assert card["val_phonon_mae_thz"]["sets"] == val and card["selection"]["by"] == "phonon_mae"
+    hist = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert set(hist[0]["val_phonon_mae_per_set"]) == set(val)
+    # sources that lack the validation compound are refused by name
+    other = [p for p in paths if val[0] not in p]
+    res = runner.invoke(app, [*args, "--references", other[0], "--out", str(tmp_path / "m1")])
+    assert res.exit_code != 0 and val[0] in res.output and "not found" in res.output
+
+
 def test_cli_train_model_card_and_harmonic(dataset, tmp_path, si_structure):
     from tdphonon.cli import app
     from tdphonon.potentials import load_potential
@@ -151,6 +227,8 @@ def test_finetune_maker_flow(tmp_path):
     flow = maker.make([REFERENCE / "phonopy" / "test" / s for s in SOURCES[:2]], tmp_path)
     assert [j.config.manager_config.get("_category") for j in flow.jobs] == ["tdphonon-cpu", "tdphonon-gpu",
                                                                             "tdphonon-cpu"]
+    # the training job gets the sources, which phonon-MAE selection reads the validation sets from
+    assert flow.jobs[1].function_args[-1] == [str(REFERENCE / "phonopy" / "test" / s) for s in SOURCES[:2]]
     store = JobStore(MemoryStore())
     out = run_locally(flow, store=store, ensure_success=True, log=False)
     ev = out[flow.jobs[-1].uuid][1].output

@@ -649,8 +649,14 @@ def finetune_train(
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoint.pt")] = True,
+    select: Annotated[str, typer.Option(
+        help="best epoch by the validation 'force_mae' or by the validation compounds' 'phonon_mae' "
+             "against DFT (needs --references)")] = "force_mae",
+    references: Annotated[list[Path] | None, typer.Option(
+        "--references", help="the data set's sources (repeat), read for the validation compounds' DFT "
+                             "force constants; their frequency MAE is then recorded every epoch")] = None,
 ) -> None:
-    """Fine-tune (force MAE, early stopping, checkpoints); writes a matgl model directory with its card."""
+    """Fine-tune (force MAE loss, early stopping, checkpoints); writes a matgl model directory with its card."""
     _quiet()
     from tdphonon.finetune.flows import train
     from tdphonon.finetune.train import FineTuneSettings
@@ -660,17 +666,21 @@ def finetune_train(
     try:
         st = FineTuneSettings(epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
                               energy_weight=energy_weight, anchor_weight=anchor_weight, seed=seed,
-                              device=device)
+                              device=device, selection=select)
         with _Progress() as prog:
             def _p(epoch, total, rec):
-                prog(f"epoch (train {rec['train_mae']:.4f}, val {rec['val_mae']:.4f} eV/Å)", epoch, total)
+                ph = (f", val phonons {rec['val_phonon_mae_thz']:.3f} THz" if "val_phonon_mae_thz" in rec else "")
+                prog(f"epoch (train {rec['train_mae']:.4f}, val {rec['val_mae']:.4f} eV/Å{ph})", epoch, total)
 
-            card = train(dataset, base, out, st, name=name, progress=_p, resume=resume)
+            card = train(dataset, base, out, st, name=name, progress=_p, resume=resume, references=references)
     except (TDPhononError, ValueError) as exc:
         _fail(exc)
     b, a = card["force_mae_before"], card["force_mae_after"]
     console.print(f"[green]model[/] {out / 'model'} (sha256 {card['sha256'][:16]}…): force MAE train "
                   f"{b['train_mae']:.4f} → {a['train_mae']:.4f}, val {b['val_mae']} → {a['val_mae']} eV/Å")
+    if vp := card.get("val_phonon_mae_thz"):
+        console.print(f"validation phonon-frequency MAE {vp['before']:.3f} → {vp['after']:.3f} THz "
+                      f"(best epoch {card['best_epoch']} by {card['selection']['by']})")
 
 
 @finetune_app.command("evaluate")

@@ -18,6 +18,7 @@ from typing import Any
 
 from jobflow import Flow, Maker, job
 
+from tdphonon.errors import TDPhononError
 from tdphonon.evaluation import ReferenceSet
 from tdphonon.finetune.dataset import DatasetSettings, build_dataset, load_dataset, write_dataset
 from tdphonon.finetune.evaluate import evaluate_models, parity_plot
@@ -31,7 +32,7 @@ from tdphonon.finetune.sources import (
 )
 from tdphonon.finetune.train import FineTuneSettings, fine_tune
 
-__all__ = ["FineTuneMaker", "evaluate", "make_dataset", "read_sources", "train"]
+__all__ = ["FineTuneMaker", "evaluate", "make_dataset", "read_sources", "train", "validation_references"]
 
 _REFERENCE_TREE = ("phonopy", "phono3py", "alamode")
 
@@ -64,16 +65,56 @@ def make_dataset(paths: Sequence[str | Path], out: str | Path, settings: Dataset
     return json.loads(Path(mpath).read_text())
 
 
+def validation_references(manifest: dict[str, Any], paths: Sequence[str | Path]) -> list[ReferenceSet]:
+    """DFT reference sets of a data set's validation compounds, read from the data set's sources.
+
+    ``paths`` are the sources the data set was built from (files, MDR-style folders, reference
+    trees: what :func:`read_sources` takes); only the validation labels of ``manifest`` are read.
+
+    Raises
+    ------
+    TDPhononError
+        The data set has no validation compounds, or a validation set is not found or not readable
+        in ``paths``.
+    """
+    labels = sorted(lab for c in (manifest.get("compounds") or {}).values() if c.get("split") == "val"
+                    for lab in c.get("labels", []))
+    if not labels:
+        raise TDPhononError(None, "the data set has no validation compounds (built with val_fraction 0?): "
+                                  "phonon-MAE selection needs some")
+    rep = read_sources(paths, labels)
+    found = {e.label: e for e in rep.entries if e.label in labels}
+    missing = [lab for lab in labels if lab not in found]
+    if missing:
+        why = {s.label: s.reason for s in rep.skipped if s.label in missing}
+        raise TDPhononError(None, f"validation reference sets {missing} not found in {[str(p) for p in paths]}"
+                                  + (f" ({why})" if why else "") + ": give the sources the data set was built from")
+    return [_as_reference(found[lab]) for lab in labels]
+
+
 def train(dataset_dir: str | Path, base_model: str, out: str | Path, settings: FineTuneSettings | None = None,
-          name: str | None = None, progress: Callable | None = None, resume: bool = True) -> dict[str, Any]:
-    """Fine-tune ``base_model`` on a data set folder (train / val splits); returns the model card."""
+          name: str | None = None, progress: Callable | None = None, resume: bool = True,
+          references: Sequence[str | Path] | None = None) -> dict[str, Any]:
+    """Fine-tune ``base_model`` on a data set folder (train / val splits); returns the model card.
+
+    ``references`` (the data set's sources) give the DFT reference sets of the validation compounds
+    (:func:`validation_references`): needed for ``settings.selection == "phonon_mae"``; with force
+    selection they are read too when given, and their frequency MAE is recorded every epoch.
+    """
+    s = settings or FineTuneSettings()
     data = load_dataset(dataset_dir, splits=["train", "val"])
     manifest = json.loads((Path(dataset_dir) / "manifest.json").read_text())
     summary = {k: manifest.get(k) for k in ("splits", "counts", "settings", "sources", "compounds")
                if k in manifest}
     summary["dataset_dir"] = str(Path(dataset_dir).resolve())
-    res = fine_tune(base_model, data.get("train", []), data.get("val", []), out, settings,
-                    data_manifest=summary, name=name, progress=progress, resume=resume)
+    refs = None
+    if references or s.selection == "phonon_mae":
+        if not references:
+            raise TDPhononError(None, "selection 'phonon_mae' needs the data set's sources (references) to read "
+                                      "the validation compounds' DFT force constants from")
+        refs = validation_references(manifest, references)
+    res = fine_tune(base_model, data.get("train", []), data.get("val", []), out, s,
+                    data_manifest=summary, name=name, progress=progress, resume=resume, val_references=refs)
     return res.card
 
 
@@ -111,9 +152,12 @@ def dataset_job(paths: list[str], out: str, settings: dict, labels: list[str] | 
 
 
 @job
-def train_job(dataset: dict, base_model: str, out: str, settings: dict, name: str | None = None) -> dict:
-    """Training step (GPU)."""
-    card = train(dataset["dataset_dir"], base_model, out, FineTuneSettings(**settings), name=name)
+def train_job(dataset: dict, base_model: str, out: str, settings: dict, name: str | None = None,
+              references: list[str] | None = None) -> dict:
+    """Training step (GPU); ``references``: the sources, read for phonon-MAE selection."""
+    st = FineTuneSettings(**settings)
+    card = train(dataset["dataset_dir"], base_model, out, st, name=name,
+                 references=references if st.selection == "phonon_mae" else None)
     return {"model_dir": str(Path(out) / "model"), "card": card}
 
 
@@ -150,7 +194,7 @@ class FineTuneMaker(Maker):
         lab = list(labels) if labels else None
         ds = dataset_job(p, str(out / "dataset"), ds_settings, lab)
         ds.name = "finetune dataset"
-        tr = train_job(ds.output, self.base_model, str(out / "train"), tr_settings, self.model_name)
+        tr = train_job(ds.output, self.base_model, str(out / "train"), tr_settings, self.model_name, p)
         tr.name = "finetune train"
         ev = evaluate_job(tr.output, self.base_model, p, list(ds_settings.get("held_out", ())),
                           str(out / "evaluation.json"), lab)

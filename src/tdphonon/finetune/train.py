@@ -6,10 +6,17 @@ force components (the paper's force-MAE objective; an energy term is optional an
 as harmonic data carry no reliable absolute energies); Adam with a cosine learning-rate decay;
 validation force MAE every epoch; early stopping with patience; a checkpoint after every epoch
 (``checkpoint.pt``: weights, optimiser, scheduler, history, RNG state) from which an interrupted run
-resumes exactly. The best weights (lowest validation MAE, the base model included) are saved as a matgl model directory
+resumes exactly. The best weights (the base model included) are saved as a matgl model directory
 (``matgl.load_model(dir)`` loads it) with a model card (``model_card.json`` + ``README.md``).
 
-Units: eV, Å, eV/Å.
+"Best" is what :attr:`FineTuneSettings.selection` says: the lowest validation force MAE (the
+paper's choice), or the lowest harmonic phonon-frequency MAE of the validation compounds against
+their DFT force constants (``"phonon_mae"``: the ML phonons on each DFT supercell, exactly as
+:func:`tdphonon.evaluation.compare_with_reference` scores a model). The two can disagree: on
+mode-weighted data the validation force MAE never fell below the base model's while the
+validation frequency MAE did (docs/finetune.md), so force selection returned the base model.
+
+Units: eV, Å, eV/Å, THz.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 from ase import Atoms
 
 from tdphonon.errors import TDPhononError, UnsupportedElementsError
+from tdphonon.evaluation import ReferenceSet, compare_with_reference
 from tdphonon.potentials import (
     MatglPotential,
     hardware_info,
@@ -34,7 +42,11 @@ from tdphonon.potentials import (
     sha256_dir,
 )
 
-__all__ = ["FineTuneResult", "FineTuneSettings", "fine_tune", "force_mae", "interpolate_weights"]
+__all__ = ["SELECTIONS", "FineTuneResult", "FineTuneSettings", "fine_tune", "force_mae", "interpolate_weights",
+           "phonon_mae"]
+
+#: What "best epoch" means (:attr:`FineTuneSettings.selection`)
+SELECTIONS = ("force_mae", "phonon_mae")
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,7 @@ class FineTuneSettings:
     batch_size
         Structures per optimisation step.
     patience
-        Stop when the validation force MAE has not improved for this many epochs (0: never).
+        Stop when the selection score (below) has not improved for this many epochs (0: never).
     energy_weight
         Weight of the per-atom energy L1 term (only for structures with an energy); 0 = forces only.
     weight_decay
@@ -67,6 +79,11 @@ class FineTuneSettings:
         Wall-time budget: stop after the epoch that exceeds it (``None``: no limit). The checkpoint
         is written every epoch, so a batch job that stops here continues with ``resume``; the
         learning-rate schedule still runs over ``epochs``. Not part of the resume check.
+    selection
+        Which weights are kept and what early stopping watches: ``"force_mae"`` (validation force
+        MAE, eV/Å; the training force MAE without validation data) or ``"phonon_mae"`` (mean
+        harmonic frequency MAE, THz, of the validation compounds' DFT reference sets, which
+        :func:`fine_tune` then needs as ``val_references``).
     """
 
     epochs: int = 150
@@ -80,6 +97,11 @@ class FineTuneSettings:
     seed: int = 0
     device: str | None = None
     max_seconds: float | None = None
+    selection: str = "force_mae"
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}: choose one of {', '.join(SELECTIONS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,6 +196,30 @@ def force_mae(pot: MatglPotential, data: _Batches, batch_size: int = 8) -> float
     return tot / max(n, 1)
 
 
+def phonon_mae(pot: MatglPotential, references: Sequence[ReferenceSet]) -> dict[str, Any]:
+    """Harmonic frequency MAE (THz) of ``pot`` on DFT reference sets, their mean the selection score.
+
+    Each set is scored as :func:`tdphonon.evaluation.compare_with_reference` scores a model (ML force
+    constants on the DFT supercell, non-acoustic frequencies at its commensurate q-points). A set the
+    model cannot score (e.g. unphysical forces of a diverging epoch) makes the mean ``inf`` and is
+    reported under ``errors``; it never counts as a good score.
+
+    Returns
+    -------
+    dict
+        ``{"mean": float, "per_set": {name: MAE}, "errors": {name: message}}``.
+    """
+    per: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    for r in references:
+        try:
+            per[r.name] = float(compare_with_reference(r, pot).mae_thz)
+        except Exception as exc:  # scored as inf, reported
+            errors[r.name] = f"{type(exc).__name__}: {exc}"
+    mean = float(np.mean(list(per.values()))) if per and not errors else float("inf")
+    return {"mean": mean, "per_set": per, "errors": errors}
+
+
 def fine_tune(
     base_model: str | Path,
     train: Sequence[Atoms],
@@ -185,6 +231,7 @@ def fine_tune(
     name: str | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     resume: bool = True,
+    val_references: Sequence[ReferenceSet] | None = None,
 ) -> FineTuneResult:
     """Fine-tune a matgl model directory (or hub name) on structures with reference forces.
 
@@ -206,17 +253,28 @@ def fine_tune(
         Callback ``(epoch, epochs, {"train_mae": ..., "val_mae": ..., "lr": ...})``.
     resume
         Continue from ``out_dir/checkpoint.pt`` when present (same settings required).
+    val_references
+        DFT harmonic reference sets of the validation compounds. When given, their frequency MAE
+        (:func:`phonon_mae`) is recorded for the base model and every epoch (``val_phonon_mae_thz``
+        in the history); ``settings.selection == "phonon_mae"`` selects the epoch by it and needs them.
 
     Raises
     ------
     UnsupportedElementsError
         A training or validation structure has an element the base model does not know.
+    TDPhononError
+        Phonon-MAE selection without validation reference sets; a checkpoint of other settings.
     """
     import torch
 
     s = settings or FineTuneSettings()
     if not train:
         raise TDPhononError(None, "no training structures")
+    refs = list(val_references or [])
+    if s.selection == "phonon_mae" and not refs:
+        raise TDPhononError(None, "selection 'phonon_mae' needs the DFT reference sets of the validation compounds "
+                                  "(val_references); a data set without validation compounds can only be "
+                                  "selected on the force MAE")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pot = load_potential(str(base_model), device=s.device, cache=False)
@@ -236,9 +294,24 @@ def fine_tune(
     start_epoch = 0
     ckpt = out / "checkpoint.pt"
     t_start = time.perf_counter()
-    before = {"train_mae": force_mae(pot, tr), "val_mae": force_mae(pot, va) if va else None}
+    ref_names = sorted(r.name for r in refs)
+
+    def _score(rec: dict[str, Any]) -> float:
+        if s.selection == "phonon_mae":
+            return rec["val_phonon_mae_thz"]
+        return rec["val_mae"] if va else rec["train_mae"]
+
+    def _phonons(rec: dict[str, Any]) -> dict[str, Any]:
+        if refs:
+            ph = phonon_mae(pot, refs)
+            rec.update(val_phonon_mae_thz=ph["mean"], val_phonon_mae_per_set=ph["per_set"],
+                       **({"val_phonon_errors": ph["errors"]} if ph["errors"] else {}))
+        return rec
+
+    pot.model.eval()
+    before = _phonons({"train_mae": force_mae(pot, tr), "val_mae": force_mae(pot, va) if va else None})
     # the base model is the candidate to beat (best epoch -1): fine-tuning never returns worse weights
-    best = (before["val_mae"] if va else before["train_mae"], -1)
+    best = (_score(before), -1)
     best_state = copy.deepcopy(pot.model.state_dict())
     if resume and ckpt.exists():
         c = torch.load(ckpt, map_location=pot.device, weights_only=False)
@@ -246,6 +319,10 @@ def fine_tune(
                 or c["base_sha256"] != base_identity["sha256"]):
             raise TDPhononError(None, f"{ckpt} was written with other settings or another base model; "
                                 "use a new output folder or resume=False")
+        if s.selection == "phonon_mae" and c.get("val_references") != ref_names:
+            raise TDPhononError(None, f"{ckpt} selected epochs on other validation reference sets "
+                                      f"({c.get('val_references')} vs {ref_names}); use a new output folder "
+                                      "or resume=False")
         pot.model.load_state_dict(c["model"])
         opt.load_state_dict(c["optimizer"])
         sched.load_state_dict(c["scheduler"])
@@ -278,11 +355,12 @@ def fine_tune(
             n += f.numel()
         sched.step()
         pot.model.eval()
-        rec = {"epoch": epoch, "train_mae": tot / max(n, 1), "val_mae": force_mae(pot, va) if va else float("nan"),
-               "lr": float(opt.param_groups[0]["lr"]), "seconds": time.perf_counter() - t_start,
-               "drift2": float(_drift(params, anchor).detach())}
+        rec = _phonons({"epoch": epoch, "train_mae": tot / max(n, 1),
+                        "val_mae": force_mae(pot, va) if va else float("nan"),
+                        "lr": float(opt.param_groups[0]["lr"]), "drift2": float(_drift(params, anchor).detach())})
+        rec["seconds"] = time.perf_counter() - t_start
         history.append(rec)
-        score = rec["val_mae"] if va else rec["train_mae"]
+        score = _score(rec)
         if score < best[0]:
             best = (score, epoch)
             best_state = copy.deepcopy(pot.model.state_dict())
@@ -292,11 +370,13 @@ def fine_tune(
         torch.save({"epoch": epoch, "model": pot.model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "history": history, "best": list(best),
                     "best_state": best_state, "settings": s.to_dict(), "base_sha256": base_identity["sha256"],
-                    "before": before, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, ckpt)
+                    "before": before, "val_references": ref_names,
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, ckpt)
         if progress:
             progress(epoch + 1, s.epochs, rec)
         if s.patience and stale >= s.patience:
-            stopped = f"early stopping: no validation improvement in {s.patience} epochs (after epoch {epoch + 1})"
+            stopped = (f"early stopping: no improvement of the {s.selection} selection score in {s.patience} "
+                       f"epochs (after epoch {epoch + 1})")
             break
         if s.max_seconds is not None and time.perf_counter() - t_start >= s.max_seconds:
             stopped = f"wall-time budget of {s.max_seconds:.0f} s reached after epoch {epoch + 1} of {s.epochs}"
@@ -313,9 +393,13 @@ def fine_tune(
         "name": name, "kind": "matgl", "sha256": digest, "files": files,
         "base_model": base_identity, "settings": s.to_dict(),
         "epochs_run": len(history), "best_epoch": best[1], "stopped_early": stopped,
-        "force_mae_before": before, "force_mae_after": final,
-        "units": {"force_mae": "eV/Å"}, "data": data_manifest or {},
+        "selection": {"by": s.selection, "best_score": best[0],
+                      "unit": "THz" if s.selection == "phonon_mae" else "eV/Å"},
+        "force_mae_before": {k: before[k] for k in ("train_mae", "val_mae")}, "force_mae_after": final,
+        "units": {"force_mae": "eV/Å", "phonon_mae": "THz"}, "data": data_manifest or {},
         "train_structures": len(train), "val_structures": len(val),
+        **({"val_phonon_mae_thz": {"before": before.get("val_phonon_mae_thz"), "after": phonon_mae(pot, refs)["mean"],
+                                   "sets": [r.name for r in refs]}} if refs else {}),
         "train_seconds": time.perf_counter() - t_start, "hardware": hardware_info(pot.device),
         "packages": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -411,6 +495,9 @@ def interpolate_weights(
     return out
 
 
+_SELECTION_WORDS = {"force_mae": "force MAE", "phonon_mae": "phonon-frequency MAE against DFT"}
+
+
 def _card_markdown(card: dict[str, Any]) -> str:
     b, a = card["force_mae_before"], card["force_mae_after"]
     data = dict(card.get("data") or {})
@@ -432,9 +519,13 @@ def _card_markdown(card: dict[str, Any]) -> str:
         f"* training structures: {card['train_structures']}, validation structures: {card['val_structures']}",
         f"* compounds: train {data.get('train_compounds', 'n/a')}, validation {data.get('val_compounds', 'n/a')}, "
         f"held out {data.get('heldout_compounds', 'n/a')}",
-        f"* epochs run: {card['epochs_run']} (best: {card['best_epoch']}), settings: `{json.dumps(card['settings'])}`",
+        f"* epochs run: {card['epochs_run']} (best: {card['best_epoch']}, selected on the validation "
+        f"{_SELECTION_WORDS[(card.get('selection') or {}).get('by', 'force_mae')]}), "
+        f"settings: `{json.dumps(card['settings'])}`",
         f"* force MAE (eV/Å) before → after: train {_fmt(b['train_mae'])} → {_fmt(a['train_mae'])}, "
         f"validation {_fmt(b['val_mae'])} → {_fmt(a['val_mae'])}",
+        *([f"* validation phonon-frequency MAE (THz, {', '.join(vp['sets'])}) before → after: "
+           f"{_fmt(vp['before'])} → {_fmt(vp['after'])}"] if (vp := card.get("val_phonon_mae_thz")) else []),
         f"* model sha256 (files in this folder besides the card): `{card['sha256']}`",
         f"* trained on {card['hardware'].get('device', 'cpu')} in {card['train_seconds']:.0f} s, "
         f"{card['created']}",
