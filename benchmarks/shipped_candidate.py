@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Benchmark: is a retrained model better than the shipped ``tdphonon-m3gnet``? (not a test)
+
+A candidate is a model folder written by ``workflows/finetune_recipe.py --out DIR`` (its card has the
+same per-set evaluation as the shipped model's). This script puts the two side by side on what
+decides whether the shipped model may be replaced, and whether it may become the default:
+
+1. harmonic frequency MAE (THz) against every shared DFT set, from the two model cards (same
+   function, :func:`tdphonon.evaluation.compare_with_reference`), training and validation compounds
+   separately;
+2. the SrTiO3 validation case: TDPH on the DFT cell with the settings of
+   ``benchmarks/validation_SrTiO3.py`` (Γ-TO1 and the R soft mode, harmonic and 100/300/600 K),
+   next to the shipped model's, SevenNet-0's and the DFT columns of ``validation_SrTiO3.json``.
+
+    python benchmarks/shipped_candidate.py CANDIDATE_DIR [--name NAME] [--out JSON]
+
+Writes ``benchmarks/results/shipped_candidate_<NAME>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def card_summary(card: dict) -> dict:
+    """What a model card says about the data, the training and the accuracy."""
+    ev = card["evaluation"]
+    data_settings = (card.get("data") or {}).get("settings", {})
+    return {"name": card["name"], "sha256": card["sha256"], "epochs_run": card["epochs_run"],
+            "best_epoch": card["best_epoch"], "selection": card.get("selection"),
+            "train_seconds": card.get("train_seconds"), "recipe_argv": (card.get("recipe") or {}).get("argv"),
+            "data_settings": {k: data_settings.get(k) for k in ("n_random", "n_modes", "raw_kinds", "max_raw_per_set")},
+            "mae_thz_train": ev["mae_thz_finetuned_train"], "mae_thz_val": ev["mae_thz_finetuned_val"],
+            "val_compounds": ev["val_compounds"]}
+
+
+def compare_sets(shipped: dict, candidate: dict) -> dict:
+    """Per-set MAE of base, shipped and candidate, and the sets where the candidate wins."""
+    a, b = shipped["evaluation"]["per_set"], candidate["evaluation"]["per_set"]
+    per = {lab: {"base": b[lab]["base"], "shipped": a[lab]["finetuned"], "candidate": b[lab]["finetuned"]}
+           for lab in sorted(set(a) & set(b))}
+    wins = [lab for lab, v in per.items() if v["candidate"] < v["shipped"]]
+    return {"per_set": per, "candidate_better_on": len(wins), "n_sets": len(per),
+            "mean_shipped": float(np.mean([v["shipped"] for v in per.values()])),
+            "mean_candidate": float(np.mean([v["candidate"] for v in per.values()]))}
+
+
+def main(argv=None) -> int:
+    from _common import write_result
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("candidate", help="model folder written by workflows/finetune_recipe.py --out")
+    ap.add_argument("--name", default=None, help="suffix of the result file (default: the folder name)")
+    ap.add_argument("--n-configurations", type=int, default=32)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import validation_SrTiO3 as val
+
+    from tdphonon.harmonic import HarmonicSettings
+    from tdphonon.potentials import SHIPPED_MODEL_DIR, load_potential
+
+    cdir = Path(args.candidate)
+    cand_card = json.loads((cdir / "model_card.json").read_text())
+    ship_card = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
+    if "evaluation" not in cand_card:
+        raise SystemExit(f"{cdir} has no per-set evaluation in its card: write it with workflows/finetune_recipe.py")
+    pot = load_potential(str(cdir), device="cpu")
+    if pot.identity.sha256 != cand_card["sha256"]:
+        raise SystemExit(f"{cdir}: the weights do not match their card (sha256)")
+    col = val.run_columns(val.dft_primitive(), pot, HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2)),
+                          args.n_configurations)
+    committed = json.loads((RESULTS / "validation_SrTiO3.json").read_text())
+
+    def curves(c: dict) -> dict:
+        sc = c["self_consistent"]
+        return {"gamma_to1_thz": sc["gamma_to1_thz"], "r_soft_thz": sc["r_soft_thz"],
+                "one_shot_300K": val.at_300k(c["one_shot"])}
+
+    srtio3 = {
+        "what": "TDPH (force fit, self-consistent unless noted) on the DFT cell of the alamode PBEsol set, 2x2x2, "
+                "settings of benchmarks/validation_SrTiO3.py; Γ-TO1 and R soft mode, imaginary as negative (THz)",
+        "candidate": curves(col),
+        **{name: curves(c) for name, c in committed["ml_comparison"].items()},
+        "dft_harmonic": {"gamma_to1_thz": committed["dft"]["gamma_to1_thz"]["harmonic"],
+                         "r_soft_thz": committed["dft"]["r_soft_thz"]["harmonic"]},
+        "dft_scph_2x2x2_300K": committed["engine_check_thz_300K"]["scph_commensurate"],
+        "dft_scph_8x8x8_300K": committed["dft_scph_thz_300K"],
+        "candidate_run": {k: col[v][k] for v in ("self_consistent",) for k in ("force_calls_300K", "converged_300K",
+                                                                                "seconds", "settings_digest")},
+    }
+    result = {"description": __doc__.strip().splitlines()[0], "candidate": card_summary(cand_card),
+              "shipped": card_summary(ship_card), "sets": compare_sets(ship_card, cand_card), "srtio3": srtio3}
+    name = args.name or cdir.name
+    out = Path(args.out) if args.out else RESULTS / f"shipped_candidate_{name}.json"
+    write_result(result, out)
+    s = result["sets"]
+    print(f"sets: candidate better on {s['candidate_better_on']}/{s['n_sets']}, mean {s['mean_shipped']:.3f} -> "
+          f"{s['mean_candidate']:.3f} THz; validation compounds {result['shipped']['mae_thz_val']:.3f} -> "
+          f"{result['candidate']['mae_thz_val']:.3f}")
+    models = {k: v for k, v in srtio3.items() if isinstance(v, dict) and isinstance(v.get("r_soft_thz"), dict)}
+    for k, v in models.items():
+        print(f"SrTiO3 {k}: harmonic Γ-TO1 {v['gamma_to1_thz']['harmonic']:.2f} R {v['r_soft_thz']['harmonic']:.2f}; "
+              f"300 K {v['gamma_to1_thz']['300K']:.2f} / {v['r_soft_thz']['300K']:.2f} THz")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
