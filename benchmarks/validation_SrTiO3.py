@@ -39,7 +39,6 @@ et al. PRB 22, 5501 (1980); Yamanaka et al. 2000). Writes
 
     python benchmarks/validation_SrTiO3.py [--ml-model dft-finetuned] [--compare-models tdphonon-m3gnet sevennet-0]
                                            [--finetune-epochs 30] [--skip-ml]
-    python benchmarks/validation_SrTiO3.py --column MODEL_DIR --column-out col.json   # one candidate model only
 """
 
 from __future__ import annotations
@@ -440,10 +439,6 @@ def main(argv=None) -> None:
     ap.add_argument("--ml-geometry", choices=["dft", "relaxed"], default="dft",
                     help="ML branch on the DFT cell (default) or on the model-relaxed cubic cell")
     ap.add_argument("--skip-ml", action="store_true")
-    ap.add_argument("--column", default=None, metavar="MODEL",
-                    help="only the TDPH column of MODEL (name or model directory, e.g. a candidate shipped model) on "
-                         "the DFT cell, written to --column-out; the committed JSON is left alone")
-    ap.add_argument("--column-out", default=None, help="JSON file of --column")
     ap.add_argument("--n-configurations", type=int, default=32)
     ap.add_argument("--mesh", type=int, nargs=3, default=[12, 12, 12])
     ap.add_argument("--scph-mesh", type=int, nargs=3, default=[8, 8, 8],
@@ -457,20 +452,6 @@ def main(argv=None) -> None:
         return
     if not DATA.is_dir():
         raise SystemExit(f"DFT data not found: {DATA}")
-    if args.column:
-        from tdphonon.harmonic import HarmonicSettings
-        from tdphonon.potentials import load_potential
-
-        if not args.column_out:
-            raise SystemExit("--column needs --column-out")
-        pot = load_potential(args.column, device="cpu")
-        col = {"model": pot.identity.to_dict(), "spec": args.column,
-               "geometry": {"source": "dft", "a_angstrom": float(dft_primitive().lattice.a)},
-               **run_columns(dft_primitive(), pot, HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2)),
-                             args.n_configurations)}
-        write_result(comparison_entry(col), Path(args.column_out))
-        print(summary_300k(col))
-        return
     if args.update_comparison:
         r = json.loads((OUT / "validation_SrTiO3.json").read_text())
         for m in args.compare_models:
