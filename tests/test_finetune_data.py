@@ -263,6 +263,33 @@ def test_dataset_with_mode_weighted_configurations(toy_entry):
     assert DatasetSettings.from_dict(DatasetSettings(n_modes=5).to_dict()).n_modes == 5
 
 
+@requires_reference
+def test_extra_mode_configurations_only_for_unstable_compounds(toy_entry):
+    """``n_modes_unstable`` adds mode-weighted configurations to a compound with an unstable DFT mode (cubic
+    SrTiO3: R at −2.29 THz) and to no other; the ``n_modes`` ones stay the same configurations."""
+    st = DatasetSettings(n_random=1, n_modes=2, n_modes_unstable=3, seed=4)
+    plain = DatasetSettings(n_random=1, n_modes=2, seed=4)
+    _, rec = compound_configurations(toy_entry, st)
+    assert rec["counts"]["modes"] == 2 and not rec["modes"]["unstable"] and "modes_unstable" not in rec["seeds"]
+    assert rec["modes"]["min_frequency_thz"] > 0
+    sto = read_alamode(ALAMODE_STO, label="alamode-SrTiO3")
+    more, rec = compound_configurations(sto, st)
+    assert rec["modes"]["unstable"] and rec["modes"]["min_frequency_thz"] < -2.0
+    assert rec["counts"]["modes"] == 5 and "modes_unstable" in rec["seeds"]
+    base, _ = compound_configurations(sto, plain)
+    pos = [a.positions for a in more if a.info["kind"] == "modes"]
+    np.testing.assert_array_equal(np.array(pos[:2]), np.array([a.positions for a in base
+                                                               if a.info["kind"] == "modes"]))
+    ref = sto.reference_atoms()
+    fc = sto.force_constants
+    for a in [a for a in more if a.info["kind"] == "modes"][2:]:  # the extra ones: same amplitude range, F = −Φu
+        u = a.positions - ref.positions
+        assert 0.01 - 1e-12 <= np.linalg.norm(u, axis=1).max() <= 0.05 + 1e-12
+        np.testing.assert_allclose(a.get_forces(), harmonic_forces(fc, u), atol=1e-12)
+    with pytest.raises(ValueError, match="n_modes_unstable"):
+        DatasetSettings(n_modes_unstable=-1)
+
+
 def test_cli_dataset_with_mode_weighted_configurations(tmp_path, toy_entry):
     from typer.testing import CliRunner
 

@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-random", type=int, default=10)
     ap.add_argument("--n-modes", type=int, default=0,
                     help="mode-weighted configurations per set (amplitude ∝ 1/|ν| per normal mode)")
+    ap.add_argument("--n-modes-unstable", type=int, default=0,
+                    help="extra mode-weighted configurations for sets with an unstable DFT mode (< -0.5 THz)")
     ap.add_argument("--max-raw", type=int, default=40, help="raw DFT configurations per set")
     ap.add_argument("--raw-kinds", nargs="+", default=["random"], help="kinds of raw DFT sets to include")
     ap.add_argument("--max-hours", type=float, default=None, help="wall-time budget of the training")
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
 
     rep = read_reference_collection(SHARED / "reference", skip_larger_than=args.max_atoms)
     print(f"{len(rep.entries)} sets read, {len(rep.skipped)} skipped ({time.perf_counter() - t0:.0f} s)", flush=True)
-    st = DatasetSettings(n_random=args.n_random, n_modes=args.n_modes, include_raw=True,
+    st = DatasetSettings(n_random=args.n_random, n_modes=args.n_modes, n_modes_unstable=args.n_modes_unstable,
+                         include_raw=True,
                          raw_kinds=tuple(args.raw_kinds), max_raw_per_set=args.max_raw, val_fraction=0.05, seed=0)
     mpath = ds_dir / "manifest.json"
     # a data set of the work folder is reused (resume) only when it was made with these settings

@@ -604,6 +604,8 @@ def finetune_dataset(
     n_random: Annotated[int, typer.Option(help="random-displacement configurations per compound")] = 10,
     n_modes: Annotated[int, typer.Option(help="mode-weighted configurations per compound (amplitude ∝ 1/|ν| per "
                                                "normal mode, so the soft modes count)")] = 0,
+    n_modes_unstable: Annotated[int, typer.Option(help="extra mode-weighted configurations for a compound with an "
+                                                        "unstable DFT mode (below -0.5 THz)")] = 0,
     amplitude_min: Annotated[float, typer.Option(help="smallest random displacement (Å)")] = 0.01,
     amplitude_max: Annotated[float, typer.Option(help="largest random displacement (Å)")] = 0.05,
     temperature: Annotated[list[float] | None, typer.Option("--temperature", "-T",
@@ -621,7 +623,8 @@ def finetune_dataset(
     from tdphonon.finetune.flows import make_dataset
 
     try:
-        st = DatasetSettings(n_random=n_random, n_modes=n_modes, amplitude_min=amplitude_min,
+        st = DatasetSettings(n_random=n_random, n_modes=n_modes, n_modes_unstable=n_modes_unstable,
+                             amplitude_min=amplitude_min,
                              amplitude_max=amplitude_max,
                              temperatures=tuple(temperature or ()), n_thermal=n_thermal, include_raw=raw,
                              held_out=tuple(held_out or ()), val_fraction=val_fraction, seed=seed)

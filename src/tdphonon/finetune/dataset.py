@@ -83,6 +83,10 @@ __all__ = [
 
 MANIFEST_FORMAT = "tdphonon.finetune.dataset/1"
 SPLITS = ("train", "val", "test")
+#: A compound is *unstable* (``DatasetSettings.n_modes_unstable``) when a non-translational mode of its
+#: DFT Φ on the commensurate q-points lies below −UNSTABLE_THZ (THz). The unstable shared sets go down to
+#: −0.66 (Amm2) … −6.0 THz (CaTiO3); every other set stays above +0.3 THz
+UNSTABLE_THZ = 0.5
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,6 +107,10 @@ class DatasetSettings:
         Mode-weighted configurations per compound (:func:`mode_weighted_displacements`; 0: none).
     modes_floor_thz
         Lowest |ν| (THz) a mode-weighted amplitude 1/|ν| uses (near-zero and weakly imaginary modes).
+    n_modes_unstable
+        *Extra* mode-weighted configurations for a compound whose DFT harmonic spectrum is unstable
+        (a mode below −:data:`UNSTABLE_THZ`): among many compounds, ``n_modes`` per compound gives
+        the few soft-mode materials too little weight to learn their instabilities (docs/finetune.md).
     temperatures
         Temperatures (K) of thermal configurations (empty: none).
     n_thermal
@@ -138,6 +146,7 @@ class DatasetSettings:
     amplitude_max: float = 0.05
     n_modes: int = 0
     modes_floor_thz: float = 1.0
+    n_modes_unstable: int = 0
     temperatures: tuple[float, ...] = ()
     n_thermal: int = 10
     quantum: bool = True
@@ -152,8 +161,8 @@ class DatasetSettings:
     estimate_energy0: bool = False
 
     def __post_init__(self) -> None:
-        if self.n_random < 0 or self.n_thermal < 0 or self.n_modes < 0:
-            raise ValueError("n_random, n_modes and n_thermal must be ≥ 0")
+        if min(self.n_random, self.n_thermal, self.n_modes, self.n_modes_unstable) < 0:
+            raise ValueError("n_random, n_modes, n_modes_unstable and n_thermal must be ≥ 0")
         if self.modes_floor_thz <= 0:
             raise ValueError("modes_floor_thz must be positive")
         if not 0 <= self.amplitude_min <= self.amplitude_max:
@@ -261,6 +270,7 @@ def mode_weighted_displacements(phonon, n_configurations: int,
                "floor_thz": float(floor_thz),
                "soft_mode_share": float(var[soft].sum() / var.sum()) if var.sum() > 0 else 0.0,
                "n_imaginary": int(np.sum(~modes.is_translation & (modes.frequencies < -1e-3))),
+               "min_frequency_thz": float(np.min(modes.frequencies[~modes.is_translation], initial=np.inf)),
                "n_below_floor": int(np.sum(~modes.is_translation & (nu < floor_thz)))}
 
 
@@ -303,7 +313,8 @@ def compound_configurations(entry: HarmonicEntry,
 
     Seeds: random configurations use ``derive_seed(seed, crc32(label), 1)``, thermal ones
     ``derive_seed(seed, crc32(label), 2, round(1000 T))``, mode-weighted ones
-    ``derive_seed(seed, crc32(label), 3)``, so an entry's data do not depend on the
+    ``derive_seed(seed, crc32(label), 3)`` (the extra ones of an unstable compound
+    ``derive_seed(seed, crc32(label), 4)``), so an entry's data do not depend on the
     other entries of the data set.
     """
     s = settings or DatasetSettings()
@@ -343,6 +354,14 @@ def compound_configurations(entry: HarmonicEntry,
         except TDPhononError as exc:
             record["warnings"].append(f"mode-weighted configurations skipped: {exc.reason}")
         else:
+            unstable = rec["min_frequency_thz"] < -UNSTABLE_THZ
+            if unstable and s.n_modes_unstable:
+                seed = derive_seed(s.seed, key, 4)
+                record["seeds"]["modes_unstable"] = seed
+                extra, _ = mode_weighted_displacements(entry.phonon, s.n_modes_unstable,
+                                                       (s.amplitude_min, s.amplitude_max), force_constants=fc,
+                                                       floor_thz=s.modes_floor_thz, seed=seed)
+                u = np.concatenate([u, extra])
             f = harmonic_forces(fc, u)
             e = harmonic_energies(fc, u, e0) if e0 is not None else [None] * len(u)
             for k in range(len(u)):
@@ -350,7 +369,9 @@ def compound_configurations(entry: HarmonicEntry,
             record["counts"]["modes"] = len(u)
             record["modes"] = {"max_displacement": float(max(rec["max_displacement"])),
                                "mean_rms_displacement": float(np.mean(rec["rms_displacement"])),
-                               **{k: rec[k] for k in ("soft_mode_share", "n_imaginary", "n_below_floor")}}
+                               "unstable": bool(unstable),
+                               **{k: rec[k] for k in ("soft_mode_share", "n_imaginary", "n_below_floor",
+                                                      "min_frequency_thz")}}
     for t in s.temperatures if s.n_thermal else ():
         seed = derive_seed(s.seed, key, 2, round(1000 * t))
         record["seeds"][f"thermal_{t:g}K"] = seed
