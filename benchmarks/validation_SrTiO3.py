@@ -190,14 +190,15 @@ def dft_branch(args) -> dict:
     }
 
 
-def tdph_settings(self_consistent: bool, n_configurations: int):
-    """The TDPH settings of every column (ML models and the engine check)."""
+def tdph_settings(self_consistent: bool, n_configurations: int, drop_outliers: bool = False):
+    """The TDPH settings of every column (ML models and the engine check); ``drop_outliers`` only for diagnosis."""
     from tdphonon.renormalize import TDPHSettings
     from tdphonon.sampling import ModeAmplitudePolicy
 
     return TDPHSettings(estimator="force_fit", n_configurations=n_configurations, self_consistent=self_consistent,
                         mixing=0.5, tol_thz=0.05, max_iterations=15, reuse_samples=self_consistent,
-                        policy=ModeAmplitudePolicy(kind="abs", threshold_thz=1.5), seed=0)
+                        policy=ModeAmplitudePolicy(kind="abs", threshold_thz=1.5), seed=0,
+                        drop_outliers=drop_outliers)
 
 
 @functools.cache
@@ -212,13 +213,13 @@ def dft_primitive():
     return AseAtomsAdaptor.get_structure(phonopy_atoms_to_ase(ph.primitive))
 
 
-def run_columns(structure, potential, hs, n_configurations: int) -> dict:
+def run_columns(structure, potential, hs, n_configurations: int, drop_outliers: bool = False) -> dict:
     """One-shot and self-consistent TDPH of SrTiO3 at TEMPERATURES: named frequencies, Γ-TO1, R."""
     from tdphonon.pipeline import run_tdph
 
     out = {}
     for name, sc in (("one_shot", False), ("self_consistent", True)):
-        ts = tdph_settings(sc, n_configurations)
+        ts = tdph_settings(sc, n_configurations, drop_outliers)
         t0 = time.perf_counter()
         res = run_tdph(structure, potential, list(TEMPERATURES), hs, ts, label="SrTiO3")
         named = {"harmonic": {k: np.asarray(v).tolist() for k, v in
@@ -232,6 +233,8 @@ def run_columns(structure, potential, hs, n_configurations: int) -> dict:
                      "seconds": time.perf_counter() - t0, "settings_digest": ts.digest(), "settings": ts.to_dict(),
                      "force_calls_300K": next(tr.renormalization.force_calls for tr in res.temperatures
                                               if tr.temperature == 300.0),
+                     "outliers_dropped": {f"{tr.temperature:g}K": len(tr.renormalization.outliers)
+                                          for tr in res.temperatures if tr.renormalization.outliers},
                      "converged_300K": next(tr.renormalization.converged for tr in res.temperatures
                                             if tr.temperature == 300.0)}
     return out
@@ -393,10 +396,10 @@ def plot(dft: dict, ml: dict | None, path: Path, comparison: dict | None = None,
             v = check["self_consistent"][key]
             axes[0].plot([0, *temps], [v["harmonic"], *[v[f"{t:g}K"] for t in temps]], marker=m, ls=(0, (1, 1)),
                          color="k", lw=0.8, label=f"TDPH on the DFT IFCs (engine check) {lab}")
-        for name, c in (comparison or {}).items():
+        for k, (name, c) in enumerate((comparison or {}).items()):  # one colour per model, Γ and R alike
             v = c["self_consistent"][key]
             axes[0].plot([0, *temps], [v["harmonic"], *[v[f"{t:g}K"] for t in temps]], marker=m, ls="-.",
-                         color="grey", lw=0.8, label=f"{name} self-consistent {lab}")
+                         color=("grey", "C8", "C9", "C6", "C7")[k % 5], lw=0.8, label=f"{name} self-consistent {lab}")
     axes[0].axhspan(*EXPERIMENT_GAMMA_TO1_300K, xmin=0.35, xmax=0.55, color="grey", alpha=0.3,
                     label="experiment Γ-TO1 (300 K)")
     axes[0].axhline(0, color="k", lw=0.5)
