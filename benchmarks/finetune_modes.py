@@ -53,15 +53,17 @@ def soft_frequencies(phonon, n: int = 4) -> dict[str, list[float]] | None:
     return {name: np.sort(row)[:n].round(3).tolist() for name, row in zip(QPOINTS, f, strict=True)}
 
 
-def run_variant(name: str, entries, base: str, epochs: int, work: Path) -> dict:
+def run_variant(name: str, entries, base: str, epochs: int, work: Path, settings: dict | None = None,
+                base_potential=None) -> dict:
+    """Build the variant's data (``settings`` or ``VARIANTS[name]``), fine-tune, and score every set."""
     from tdphonon.evaluation import compare_with_reference, ml_phonon_on_reference
     from tdphonon.finetune.dataset import DatasetSettings, build_dataset, write_dataset
     from tdphonon.finetune.flows import _as_reference, train
     from tdphonon.finetune.train import FineTuneSettings
     from tdphonon.potentials import load_potential
 
-    st = DatasetSettings(**VARIANTS[name], val_fraction=0.0, seed=0)
-    ds = build_dataset(entries, st)
+    st = DatasetSettings(**(VARIANTS[name] if settings is None else settings), val_fraction=0.0, seed=0)
+    ds = build_dataset(entries, st, base_potential)
     write_dataset(ds, work / name / "dataset", overwrite=True)
     t0 = time.perf_counter()
     card = train(work / name / "dataset", base, work / name / "train",
@@ -79,7 +81,9 @@ def run_variant(name: str, entries, base: str, epochs: int, work: Path) -> dict:
     return {"settings": st.to_dict(), "counts": ds.counts(), "model_sha256": card["sha256"],
             "force_mae_ev_a": {"before": card["force_mae_before"]["train_mae"],
                                "after": card["force_mae_after"]["train_mae"]},
-            "train_seconds": seconds, "per_set": per,
+            "train_seconds": seconds, "per_set": per, "model_dir": str(work / name / "train" / "model"),
+            "anharmonic_remainder": {r["label"]: r["anharmonic_remainder"] for r in ds.manifest["entries"]
+                                     if "anharmonic_remainder" in r},
             "mean_mae_thz": float(np.mean([v["mae_thz"] for v in per.values()]))}
 
 

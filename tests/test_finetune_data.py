@@ -305,6 +305,30 @@ def test_cli_dataset_with_mode_weighted_configurations(tmp_path, toy_entry):
     assert sorted(kinds) == ["modes", "modes", "random"]
 
 
+def test_cli_dataset_with_base_anharmonic_labels(tmp_path, toy_entry):
+    from typer.testing import CliRunner
+
+    from tdphonon.cli import app
+
+    args = ["finetune", "dataset", str(toy_entry.source), "--n-random", "0", "-T", "300", "--n-thermal", "2",
+            "--val-fraction", "0", "--thermal-labels", "base_anharmonic"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "no-base")])
+    assert res.exit_code != 0 and "base model" in res.output
+    out = tmp_path / "ds"
+    # a harmonic base model (the entry's own Φ) has no anharmonic remainder: the labels are −Φu exactly
+    res = CliRunner().invoke(app, [*args, "--out", str(out), "--base-model", f"harmonic:{toy_entry.source}"])
+    assert res.exit_code == 0, res.output
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["settings"]["thermal_labels"] == "base_anharmonic" and man["base_model_for_labels"]["sha256"]
+    ref = toy_entry.reference_atoms()
+    structs = load_dataset(out)["train"]
+    assert [a.info["kind"] for a in structs] == ["thermal+base_anharmonic"] * 2
+    for a in structs:
+        u = a.positions - ref.positions
+        np.testing.assert_allclose(a.get_forces(), harmonic_forces(toy_entry.force_constants, u[None])[0],
+                                   atol=1e-6)  # extxyz precision
+
+
 def test_dfset_units_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     u = rng.normal(scale=0.03, size=(3, 5, 3))
@@ -583,3 +607,39 @@ def test_energies_thermal_and_raw(toy_entries):
     structs, rec = compound_configurations(entry, DatasetSettings(n_random=2))
     assert rec["energy0"] is None and not any(a.info["energy_available"] for a in structs)
     assert all("energy" not in a.calc.results for a in structs)
+
+
+def test_base_anharmonic_thermal_labels(toy_entries):
+    """Thermal labels −Φ_DFT·u + the base model's anharmonic remainder: exact on a quartic base model."""
+    from tdphonon.analytic import ForceConstantPotential
+    from tdphonon.finetune.dataset import anharmonic_remainder
+
+    entry = toy_entries[0]
+    fc, ref = entry.force_constants, entry.reference_atoms()
+    lam, delta = 3.0, 0.004
+    # the base model: another curvature (0.7 Φ) plus an on-site quartic (λ/4)Σu⁴, whose force is −λu³
+    base = ForceConstantPotential(ref, 0.7 * fc, quartic=lam, name="toy-base")
+    s = DatasetSettings(n_random=1, temperatures=(600.0,), n_thermal=3, thermal_labels="base_anharmonic",
+                        remainder_delta=delta)
+    structs, rec = compound_configurations(entry, s, base)
+    thermal = [a for a in structs if a.info["kind"] == "thermal+base_anharmonic"]
+    assert len(thermal) == 3 and rec["counts"]["thermal_600K"] == 3
+    for a in thermal:
+        u = a.positions - ref.positions
+        eps = delta / np.linalg.norm(u, axis=1).max()
+        # the central difference along u keeps −λε²u³ of the quartic in the "linear" part: R = −λu³(1 − ε²)
+        expected = harmonic_forces(fc, u[None])[0] - lam * u ** 3 * (1 - eps ** 2)
+        np.testing.assert_allclose(a.get_forces(), expected, atol=1e-9)
+        assert not a.info["energy_available"] and "energy" not in a.calc.results
+        assert np.abs(lam * u ** 3).max() > 1e-3  # the remainder is not negligible here: the check has teeth
+    assert rec["anharmonic_remainder"]["600K"]["ratio_to_harmonic"] > 0
+    # a harmonic base model has no remainder (its Φ never leaks into the labels)
+    harm = ForceConstantPotential(ref, 0.7 * fc, name="toy-harmonic")
+    u = np.stack([a.positions - ref.positions for a in thermal])
+    np.testing.assert_allclose(anharmonic_remainder(harm, ref, u, delta), 0.0, atol=1e-10)
+    with pytest.raises(ValueError, match="base model"):
+        compound_configurations(entry, s)
+    with pytest.raises(ValueError, match="thermal_labels"):
+        DatasetSettings(thermal_labels="dft")
+    ds = build_dataset(toy_entries[:2], s, base)
+    assert ds.manifest["base_model_for_labels"]["sha256"] == base.identity.sha256

@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> None:
                     help="mode-weighted configurations per set (amplitude ∝ 1/|ν| per normal mode)")
     ap.add_argument("--n-modes-unstable", type=int, default=0,
                     help="extra mode-weighted configurations for sets with an unstable DFT mode (< -0.5 THz)")
+    ap.add_argument("--thermal-temperatures", type=float, nargs="*", default=[],
+                    help="thermal configurations at these T (K), --n-thermal per set and T")
+    ap.add_argument("--n-thermal", type=int, default=10)
+    ap.add_argument("--thermal-labels", default="harmonic", choices=["harmonic", "base_anharmonic"],
+                    help="F = -Φu, or -Φu plus the base model's anharmonic remainder (keeps its anharmonicity)")
     ap.add_argument("--max-raw", type=int, default=40, help="raw DFT configurations per set")
     ap.add_argument("--raw-kinds", nargs="+", default=["random"], help="kinds of raw DFT sets to include")
     ap.add_argument("--max-hours", type=float, default=None, help="wall-time budget of the training")
@@ -106,12 +111,18 @@ def main(argv: list[str] | None = None) -> None:
     rep = read_reference_collection(SHARED / "reference", skip_larger_than=args.max_atoms)
     print(f"{len(rep.entries)} sets read, {len(rep.skipped)} skipped ({time.perf_counter() - t0:.0f} s)", flush=True)
     st = DatasetSettings(n_random=args.n_random, n_modes=args.n_modes, n_modes_unstable=args.n_modes_unstable,
-                         include_raw=True,
+                         temperatures=tuple(args.thermal_temperatures), n_thermal=args.n_thermal,
+                         thermal_labels=args.thermal_labels, include_raw=True,
                          raw_kinds=tuple(args.raw_kinds), max_raw_per_set=args.max_raw, val_fraction=0.05, seed=0)
     mpath = ds_dir / "manifest.json"
     # a data set of the work folder is reused (resume) only when it was made with these settings
     if not mpath.exists() or json.loads(mpath.read_text()).get("settings") != json.loads(json.dumps(st.to_dict())):
-        ds = build_dataset(list(rep.entries) + list(rep.skipped), st)
+        label_model = None
+        if st.thermal_labels == "base_anharmonic":
+            from tdphonon.potentials import load_potential
+
+            label_model = load_potential(base, device=args.device or "cpu")
+        ds = build_dataset(list(rep.entries) + list(rep.skipped), st, label_model)
         write_dataset(ds, ds_dir, overwrite=True)
         print("dataset:", ds.counts(), flush=True)
     manifest = json.loads((ds_dir / "manifest.json").read_text())

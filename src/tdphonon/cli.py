@@ -611,6 +611,10 @@ def finetune_dataset(
     temperature: Annotated[list[float] | None, typer.Option("--temperature", "-T",
                                                             help="thermal configurations at T (K)")] = None,
     n_thermal: Annotated[int, typer.Option(help="thermal configurations per compound and T")] = 10,
+    thermal_labels: Annotated[str, typer.Option(
+        help="forces of the thermal configurations: 'harmonic' (F = -Φu) or 'base_anharmonic' (-Φu plus the "
+             "base model's anharmonic remainder; needs --base-model)")] = "harmonic",
+    base_model: Annotated[str, typer.Option(help="base model for --thermal-labels base_anharmonic")] = "",
     raw: Annotated[bool, typer.Option(help="add the raw DFT random-displacement configurations")] = False,
     held_out: Annotated[list[str] | None, typer.Option("--held-out", help="label or compound (repeat)")] = None,
     val_fraction: Annotated[float, typer.Option(help="validation fraction of compounds")] = 0.05,
@@ -626,9 +630,10 @@ def finetune_dataset(
         st = DatasetSettings(n_random=n_random, n_modes=n_modes, n_modes_unstable=n_modes_unstable,
                              amplitude_min=amplitude_min,
                              amplitude_max=amplitude_max,
-                             temperatures=tuple(temperature or ()), n_thermal=n_thermal, include_raw=raw,
+                             temperatures=tuple(temperature or ()), n_thermal=n_thermal,
+                             thermal_labels=thermal_labels, include_raw=raw,
                              held_out=tuple(held_out or ()), val_fraction=val_fraction, seed=seed)
-        man = make_dataset(sources, out, st, overwrite=overwrite)
+        man = make_dataset(sources, out, st, overwrite=overwrite, base_model=base_model or None)
     except (TDPhononError, ValueError, FileExistsError) as exc:
         _fail(exc)
     for sk in man.get("skipped", []):

@@ -87,6 +87,8 @@ SPLITS = ("train", "val", "test")
 #: DFT Φ on the commensurate q-points lies below −UNSTABLE_THZ (THz). The unstable shared sets go down to
 #: −0.66 (Amm2) … −6.0 THz (CaTiO3); every other set stays above +0.3 THz
 UNSTABLE_THZ = 0.5
+#: labels of the thermal configurations (:attr:`DatasetSettings.thermal_labels`)
+THERMAL_LABELS = ("harmonic", "base_anharmonic")
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,6 +121,15 @@ class DatasetSettings:
         Bose–Einstein (True) or classical mode amplitudes for the thermal configurations.
     policy
         Treatment of imaginary / near-zero modes in Σ(T) (:class:`~tdphonon.sampling.ModeAmplitudePolicy`).
+    thermal_labels
+        Forces of the thermal configurations: ``"harmonic"`` (default, F = −Φu: at thermal amplitudes
+        this teaches a purely harmonic surface) or ``"base_anharmonic"`` (F = −Φu plus the base
+        model's own anharmonic remainder at u, :func:`anharmonic_remainder`: the target is the DFT
+        curvature with the base model's higher-order terms; needs ``base_potential`` in
+        :func:`build_dataset`; forces only, no energies).
+    remainder_delta
+        Largest atomic displacement (Å) of the ±δ·u/max|u| central difference that gives the base
+        model's linear (harmonic) response along u in ``"base_anharmonic"`` labels.
     thermal_cap_mode
         ``"clip"`` (default: displacements beyond half the shortest bond are shortened, counted in
         the manifest) or ``"raise"`` (the compound's thermal configurations are then skipped with
@@ -151,6 +162,8 @@ class DatasetSettings:
     n_thermal: int = 10
     quantum: bool = True
     policy: ModeAmplitudePolicy = field(default_factory=ModeAmplitudePolicy)
+    thermal_labels: str = "harmonic"
+    remainder_delta: float = 0.005
     thermal_cap_mode: str = "clip"
     include_raw: bool = False
     raw_kinds: tuple[str, ...] = ("random",)
@@ -171,6 +184,10 @@ class DatasetSettings:
             raise ValueError("val_fraction must be in [0, 1)")
         if any(t < 0 for t in self.temperatures):
             raise ValueError("temperatures must be ≥ 0 K")
+        if self.thermal_labels not in THERMAL_LABELS:
+            raise ValueError(f"thermal_labels must be one of {THERMAL_LABELS}, got {self.thermal_labels!r}")
+        if not self.remainder_delta > 0:
+            raise ValueError("remainder_delta must be positive (Å)")
         if self.thermal_cap_mode not in ("clip", "raise"):
             raise ValueError("thermal_cap_mode must be 'clip' or 'raise'")
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
@@ -292,6 +309,52 @@ def thermal_displacements(phonon, temperature: float, n_configurations: int, *,
     return res.displacements, res.to_dict()
 
 
+def anharmonic_remainder(potential, reference: Atoms, displacements: np.ndarray, delta: float = 0.005,
+                         label: str | None = None) -> np.ndarray:
+    """The base model's forces at u minus their constant and linear parts: (n, N, 3) in eV/Å.
+
+    R(u) = F(u) − F(0) − [F(εu) − F(−εu)] / (2ε), with ε = ``delta`` / max_i |u_i|. The bracket is
+    the model's harmonic force −Φ_model·u by central difference along u (error O(ε²) from the
+    quartic terms), so R keeps the model's cubic and higher-order forces and nothing of its Φ or of
+    any residual force at the reference. −Φ_DFT·u + R(u) is then the force of the DFT harmonic
+    surface plus the model's anharmonicity; 4 force calls per configuration (F(0) once).
+
+    Parameters
+    ----------
+    potential
+        A :class:`~tdphonon.potentials.Potential` (the base model of the fine-tune).
+    reference
+        The reference supercell (ASE ``Atoms``; the DFT equilibrium positions).
+    displacements
+        (n, N, 3) displacements (Å).
+    delta
+        Largest atomic displacement of the ±εu difference (Å).
+    label
+        Material name for errors (extrapolating forces raise :class:`UnphysicalForcesError`).
+    """
+    u = np.asarray(displacements, dtype=float)
+    if u.ndim != 3 or u.shape[1:] != (len(reference), 3):
+        raise ValueError(f"displacements must have shape (n, {len(reference)}, 3), got {u.shape}")
+    scale = np.linalg.norm(u, axis=2).max(axis=1)
+    if np.any(scale <= 0):
+        raise ValueError("a zero displacement has no direction for the linear part")
+    eps = (float(delta) / scale)[:, None, None]
+
+    def displaced(v):
+        out = []
+        for x in v:
+            a = reference.copy()
+            a.positions = reference.positions + x
+            out.append(a)
+        return out
+
+    labels = None if label is None else [label] * (3 * len(u) + 1)
+    f = potential.forces(displaced([np.zeros_like(u[0]), *u, *(eps * u), *(-eps * u)]), labels)
+    n = len(u)
+    f0, fu, fp, fm = f[0], f[1:n + 1], f[n + 1:2 * n + 1], f[2 * n + 1:]
+    return fu - f0[None] - (fp - fm) / (2 * eps)
+
+
 def _label_key(label: str) -> int:
     return zlib.crc32(label.encode())
 
@@ -307,9 +370,12 @@ def _make_atoms(reference: Atoms, u: np.ndarray, forces: np.ndarray, energy: flo
     return a
 
 
-def compound_configurations(entry: HarmonicEntry,
-                            settings: DatasetSettings | None = None) -> tuple[list[Atoms], dict[str, Any]]:
+def compound_configurations(entry: HarmonicEntry, settings: DatasetSettings | None = None,
+                            base_potential=None) -> tuple[list[Atoms], dict[str, Any]]:
     """Configurations (ASE ``Atoms`` with forces / energies) of one entry and their record.
+
+    ``base_potential`` (a :class:`~tdphonon.potentials.Potential`) is needed only for
+    ``settings.thermal_labels == "base_anharmonic"``.
 
     Seeds: random configurations use ``derive_seed(seed, crc32(label), 1)``, thermal ones
     ``derive_seed(seed, crc32(label), 2, round(1000 T))``, mode-weighted ones
@@ -383,9 +449,18 @@ def compound_configurations(entry: HarmonicEntry,
             continue
         f = harmonic_forces(fc, u)
         e = harmonic_energies(fc, u, e0) if e0 is not None else [None] * len(u)
+        kind = "thermal"
+        if s.thermal_labels == "base_anharmonic":
+            if base_potential is None:
+                raise ValueError("thermal_labels='base_anharmonic' needs the base model (base_potential)")
+            rem = anharmonic_remainder(base_potential, ref, u, s.remainder_delta, label=entry.label)
+            record.setdefault("anharmonic_remainder", {})[f"{t:g}K"] = {
+                "rms_ev_a": float(np.sqrt(np.mean(rem ** 2))),
+                "ratio_to_harmonic": float(np.linalg.norm(rem) / max(np.linalg.norm(f), 1e-30))}
+            f, e, kind = f + rem, [None] * len(u), "thermal+base_anharmonic"
         for k in range(len(u)):
             out.append(_make_atoms(ref, u[k], f[k], e[k],
-                                   {**base_info, "kind": "thermal", "index": k, "temperature": t}))
+                                   {**base_info, "kind": kind, "index": k, "temperature": t}))
         record["counts"][f"thermal_{t:g}K"] = len(u)
         record.setdefault("thermal", {})[f"{t:g}K"] = {
             "n_clipped_atoms": rec["n_clipped_atoms"], "max_displacement": rec["max_displacement_found"],
@@ -454,7 +529,7 @@ def _sha256(path: str | Path) -> str:
 
 
 def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
-                  settings: DatasetSettings | None = None) -> FinetuneDataset:
+                  settings: DatasetSettings | None = None, base_potential=None) -> FinetuneDataset:
     """Generate the configurations of every entry and split them by compound.
 
     Parameters
@@ -465,6 +540,9 @@ def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
         whose label repeats an earlier one, or whose generation fails, is skipped with the reason.
     settings
         :class:`DatasetSettings` (defaults: 10 random configurations, 0.01–0.05 Å, 5 % validation).
+    base_potential
+        The base model as a :class:`~tdphonon.potentials.Potential`; needed (and recorded) only for
+        ``thermal_labels="base_anharmonic"``.
 
     Returns
     -------
@@ -489,7 +567,7 @@ def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
             skipped.append({"label": item.label, "path": item.source, "reason": "duplicate label"})
             continue
         try:
-            atoms, rec = compound_configurations(item, s)
+            atoms, rec = compound_configurations(item, s, base_potential)
         except TDPhononError as exc:
             skipped.append({"label": item.label, "path": item.source, "reason": exc.reason})
             continue
@@ -549,7 +627,10 @@ def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
         "held_out_not_found": missing,
         "functionals": functionals,
         "mixed_functionals": len(functionals) > 1,
-        "forces": "F = -Phi u (exact harmonic forces of the DFT force constants) for random/thermal; DFT for raw:*",
+        "forces": "F = -Phi u (exact harmonic forces of the DFT force constants) for random/modes/thermal; "
+                  "plus the base model's anharmonic remainder for thermal+base_anharmonic; DFT for raw:*",
+        "base_model_for_labels": (base_potential.identity.to_dict()
+                                  if base_potential is not None and s.thermal_labels == "base_anharmonic" else None),
         "units": {"length": "Å", "energy": "eV", "forces": "eV/Å"},
         "versions": package_versions(),
     }

@@ -57,10 +57,23 @@ def read_sources(paths: Sequence[str | Path], labels: Sequence[str] | None = Non
 
 
 def make_dataset(paths: Sequence[str | Path], out: str | Path, settings: DatasetSettings | None = None,
-                 labels: Sequence[str] | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Read sources, generate the force–displacement data, write them; returns the manifest."""
+                 labels: Sequence[str] | None = None, overwrite: bool = False,
+                 base_model: str | None = None) -> dict[str, Any]:
+    """Read sources, generate the force–displacement data, write them; returns the manifest.
+
+    ``base_model`` (any model spec of :func:`~tdphonon.potentials.load_potential`) is loaded only when
+    ``settings.thermal_labels == "base_anharmonic"``, whose labels need it.
+    """
+    s = settings or DatasetSettings()
+    pot = None
+    if s.thermal_labels == "base_anharmonic":
+        if not base_model:
+            raise ValueError("thermal_labels='base_anharmonic' needs the base model (--base-model)")
+        from tdphonon.potentials import load_potential
+
+        pot = load_potential(base_model)
     rep = read_sources(paths, labels)
-    ds = build_dataset(list(rep.entries) + list(rep.skipped), settings)
+    ds = build_dataset(list(rep.entries) + list(rep.skipped), s, pot)
     mpath = write_dataset(ds, out, overwrite=overwrite)
     return json.loads(Path(mpath).read_text())
 
@@ -141,13 +154,14 @@ def evaluate(paths: Sequence[str | Path], models: dict[str, str], heldout: Seque
 # jobflow
 # --------------------------------------------------------------------------------------------
 @job
-def dataset_job(paths: list[str], out: str, settings: dict, labels: list[str] | None = None) -> dict:
-    """Data-set step (light)."""
+def dataset_job(paths: list[str], out: str, settings: dict, labels: list[str] | None = None,
+                base_model: str | None = None) -> dict:
+    """Data-set step (light; runs the base model only for ``thermal_labels="base_anharmonic"``)."""
     s = dict(settings)
     s["temperatures"] = tuple(s.get("temperatures", ()))
     s["held_out"] = tuple(s.get("held_out", ()))
     s["raw_kinds"] = tuple(s.get("raw_kinds", ("random",)))
-    manifest = make_dataset(paths, out, DatasetSettings(**s), labels, overwrite=True)
+    manifest = make_dataset(paths, out, DatasetSettings(**s), labels, overwrite=True, base_model=base_model)
     return {"dataset_dir": str(out), "manifest": manifest}
 
 
@@ -192,7 +206,7 @@ class FineTuneMaker(Maker):
         tr_settings = FineTuneSettings(**self.train_settings).to_dict()
         p = [str(x) for x in paths]
         lab = list(labels) if labels else None
-        ds = dataset_job(p, str(out / "dataset"), ds_settings, lab)
+        ds = dataset_job(p, str(out / "dataset"), ds_settings, lab, self.base_model)
         ds.name = "finetune dataset"
         tr = train_job(ds.output, self.base_model, str(out / "train"), tr_settings, self.model_name, p)
         tr.name = "finetune train"
