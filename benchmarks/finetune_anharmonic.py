@@ -13,7 +13,9 @@ model's higher-order terms in place. Test on the four cubic-perovskite sets of `
   harmonic surface at thermal amplitudes);
 * ``modes_thermal_base``: the same configurations labelled −Φ_DFT u + R_base(u), the base model's
   anharmonic remainder (:func:`tdphonon.finetune.dataset.anharmonic_remainder`): the DFT curvature
-  with the base model's higher-order forces.
+  with the base model's higher-order forces;
+* ``modes_thermal4_base``: the same with 4 thermal configurations per set (less weight on the
+  large-amplitude forces against the small-amplitude curvature).
 
 Each model: frequency MAE per set, soft modes at Γ/X/M/R, and TDPH of SrTiO3 on the DFT cell with
 the settings of ``validation_SrTiO3.py`` (Γ-TO1, R at 0/100/300/600 K; outlier forces are recorded,
@@ -38,7 +40,9 @@ _MODES = {"n_random": 10, "n_modes": 10}
 VARIANTS = {"modes_thermal_base": {**_MODES, "temperatures": (300.0,), "n_thermal": 10,
                                    "thermal_labels": "base_anharmonic"},
             "modes": _MODES,
-            "modes_thermal_harmonic": {**_MODES, "temperatures": (300.0,), "n_thermal": 10}}
+            "modes_thermal_harmonic": {**_MODES, "temperatures": (300.0,), "n_thermal": 10},
+            "modes_thermal4_base": {**_MODES, "temperatures": (300.0,), "n_thermal": 4,
+                                    "thermal_labels": "base_anharmonic"}}
 
 
 def srtio3_tdph(potential, n_configurations: int) -> dict:
