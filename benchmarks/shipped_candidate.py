@@ -136,7 +136,8 @@ def main(argv=None) -> int:
     print(f"sets: candidate better on {s['candidate_better_on']}/{s['n_sets']}, mean {s['mean_shipped']:.3f} -> "
           f"{s['mean_candidate']:.3f} THz; validation compounds {result['shipped']['mae_thz_val']:.3f} -> "
           f"{result['candidate']['mae_thz_val']:.3f}")
-    models = {k: v for k, v in srtio3.items() if isinstance(v, dict) and isinstance(v.get("r_soft_thz"), dict) and "300K" in v["r_soft_thz"]}
+    models = {k: v for k, v in srtio3.items()
+              if isinstance(v, dict) and isinstance(v.get("r_soft_thz"), dict) and "300K" in v["r_soft_thz"]}
     if failure:
         c = srtio3["candidate"]
         print(f"SrTiO3 candidate: harmonic Γ-TO1 {c['gamma_to1_thz']['harmonic']:.2f} R "
