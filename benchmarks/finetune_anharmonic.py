@@ -49,22 +49,19 @@ def srtio3_tdph(potential, n_configurations: int) -> dict:
     """Γ-TO1 / R (THz) of SrTiO3 from TDPH on the DFT cell; a failed run is recorded, then rerun without outliers."""
     import validation_SrTiO3 as val
 
-    from tdphonon.errors import TDPhononError
     from tdphonon.harmonic import HarmonicSettings
 
     hs = HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2))
-    out: dict = {}
-    for drop in (False, True):
-        try:
-            col = val.run_columns(val.dft_primitive(), potential, hs, n_configurations, drop_outliers=drop)
-        except TDPhononError as err:
-            out["failed" if not drop else "failed_with_outliers_dropped"] = str(err)
-            continue
+    col, failure, diagnosis = val.columns_or_failure(val.dft_primitive(), potential, hs, n_configurations)
+    out: dict = {"failed": failure} if failure else {}
+    if diagnosis and "failed" in diagnosis:
+        out["failed_with_outliers_dropped"] = diagnosis["failed"]
+    col = col or (diagnosis if diagnosis and "failed" not in diagnosis else None)
+    if col:
         sc = col["self_consistent"]
-        out.update({"outliers_dropped": drop, "gamma_to1_thz": sc["gamma_to1_thz"], "r_soft_thz": sc["r_soft_thz"],
-                    "one_shot_300K": val.at_300k(col["one_shot"]),
+        out.update({"outliers_dropped": failure is not None, "gamma_to1_thz": sc["gamma_to1_thz"],
+                    "r_soft_thz": sc["r_soft_thz"], "one_shot_300K": val.at_300k(col["one_shot"]),
                     "outliers": {k: col[k]["outliers_dropped"] for k in col}})
-        break
     return out
 
 

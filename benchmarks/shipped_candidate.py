@@ -45,6 +45,15 @@ def card_summary(card: dict) -> dict:
             "val_compounds": ev["val_compounds"]}
 
 
+def curves(c: dict) -> dict:
+    """Self-consistent Γ-TO1 and R of a TDPH column of ``validation_SrTiO3.run_columns``, and its one-shot 300 K."""
+    import validation_SrTiO3 as val
+
+    sc = c["self_consistent"]
+    return {"gamma_to1_thz": sc["gamma_to1_thz"], "r_soft_thz": sc["r_soft_thz"],
+            "one_shot_300K": val.at_300k(c["one_shot"])}
+
+
 def harmonic_only(potential, settings, val) -> dict:
     """Γ-TO1 and R of the harmonic phonons alone (what is left to report when TDPH fails)."""
     from tdphonon.harmonic import frequencies_at, harmonic_phonons
@@ -52,8 +61,8 @@ def harmonic_only(potential, settings, val) -> dict:
 
     harm = harmonic_phonons(val.dft_primitive(), potential, settings, label="SrTiO3")
     q = named_qpoints(harm.properties)
-    return {"gamma_to1_thz": {"harmonic": val.gamma_to1(frequencies_at(harm.phonon, np.array([q["Gamma"]]))[0])},
-            "r_soft_thz": {"harmonic": val.r_soft(frequencies_at(harm.phonon, np.array([q["R"]]))[0])}}
+    gamma, r = frequencies_at(harm.phonon, np.array([q["Gamma"], q["R"]]))
+    return {"gamma_to1_thz": {"harmonic": val.gamma_to1(gamma)}, "r_soft_thz": {"harmonic": val.r_soft(r)}}
 
 
 def compare_sets(shipped: dict, candidate: dict) -> dict:
@@ -81,7 +90,6 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     import validation_SrTiO3 as val
 
-    from tdphonon.errors import TDPhononError
     from tdphonon.harmonic import HarmonicSettings
     from tdphonon.potentials import SHIPPED_MODEL_DIR, load_potential
 
@@ -94,31 +102,18 @@ def main(argv=None) -> int:
     if pot.identity.sha256 != cand_card["sha256"]:
         raise SystemExit(f"{cdir}: the weights do not match their card (sha256)")
     hs = HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2))
-    try:
-        col, failure = val.run_columns(val.dft_primitive(), pot, hs, args.n_configurations), None
-    except TDPhononError as err:  # e.g. extrapolation (outlier forces) on the thermal samples: a result, recorded
-        col, failure = None, str(err)
-    diagnosis = None
-    if failure and "outlier" in failure:  # what the curves would be with the outliers dropped (diagnosis only)
-        try:
-            diagnosis = val.run_columns(val.dft_primitive(), pot, hs, args.n_configurations, drop_outliers=True)
-        except TDPhononError as err:
-            diagnosis = {"failed": str(err)}
+    # a failed TDPH (e.g. extrapolating forces on the thermal samples) is a result: recorded, with a diagnosis
+    col, failure, diagnosis = val.columns_or_failure(val.dft_primitive(), pot, hs, args.n_configurations)
+    if diagnosis and "failed" not in diagnosis:
+        diagnosis = {**curves(diagnosis), "outliers_dropped": {k: diagnosis[k]["outliers_dropped"]
+                                                               for k in ("one_shot", "self_consistent")}}
     committed = json.loads((RESULTS / "validation_SrTiO3.json").read_text())
-
-    def curves(c: dict) -> dict:
-        sc = c["self_consistent"]
-        return {"gamma_to1_thz": sc["gamma_to1_thz"], "r_soft_thz": sc["r_soft_thz"],
-                "one_shot_300K": val.at_300k(c["one_shot"])}
 
     srtio3 = {
         "what": "TDPH (force fit, self-consistent unless noted) on the DFT cell of the alamode PBEsol set, 2x2x2, "
                 "settings of benchmarks/validation_SrTiO3.py; Γ-TO1 and R soft mode, imaginary as negative (THz)",
         "candidate": curves(col) if col else {"tdph_failed": failure, **harmonic_only(pot, hs, val)},
-        **({"candidate_outliers_dropped": {**curves(diagnosis), "outliers_dropped": {
-            k: diagnosis[k]["outliers_dropped"] for k in ("one_shot", "self_consistent")}}}
-           if diagnosis and "failed" not in diagnosis else {"candidate_outliers_dropped": diagnosis} if diagnosis
-           else {}),
+        **({"candidate_outliers_dropped": diagnosis} if diagnosis else {}),
         **{name: curves(c) for name, c in committed["ml_comparison"].items()},
         "dft_harmonic": {"gamma_to1_thz": committed["dft"]["gamma_to1_thz"]["harmonic"],
                          "r_soft_thz": committed["dft"]["r_soft_thz"]["harmonic"]},

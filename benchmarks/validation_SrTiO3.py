@@ -240,6 +240,24 @@ def run_columns(structure, potential, hs, n_configurations: int, drop_outliers: 
     return out
 
 
+def columns_or_failure(structure, potential, hs, n_configurations: int) -> tuple[dict | None, str | None, dict | None]:
+    """:func:`run_columns`, with a failure kept as a result: (columns, error, diagnosis).
+
+    When TDPH fails (extrapolating forces, a displacement over the cap...), the error is returned and
+    the run is repeated with ``drop_outliers=True`` as a diagnosis: its columns, or ``{"failed": error}``.
+    """
+    from tdphonon.errors import TDPhononError
+
+    try:
+        return run_columns(structure, potential, hs, n_configurations), None, None
+    except TDPhononError as err:
+        failure = str(err)
+    try:
+        return None, failure, run_columns(structure, potential, hs, n_configurations, drop_outliers=True)
+    except TDPhononError as err:
+        return None, failure, {"failed": str(err)}
+
+
 def engine_check(dft: dict, args) -> dict:
     """TDPH on the DFT IFC potential (Φ₂+Φ₃+Φ₄ Taylor expansion) vs SCPH on the same q-points."""
     from tdphonon.harmonic import HarmonicSettings

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
     from tdphonon.finetune.dataset import DatasetSettings, build_dataset, write_dataset
     from tdphonon.finetune.evaluate import evaluate_models
-    from tdphonon.finetune.flows import _as_reference, train
+    from tdphonon.finetune.flows import _as_reference, label_potential, train
     from tdphonon.finetune.train import FineTuneSettings, _card_markdown
 
     base = str(SHARED / "models" / "M3GNet-MP-2021.2.8-PES")
@@ -117,12 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     mpath = ds_dir / "manifest.json"
     # a data set of the work folder is reused (resume) only when it was made with these settings
     if not mpath.exists() or json.loads(mpath.read_text()).get("settings") != json.loads(json.dumps(st.to_dict())):
-        label_model = None
-        if st.thermal_labels == "base_anharmonic":
-            from tdphonon.potentials import load_potential
-
-            label_model = load_potential(base, device=args.device or "cpu")
-        ds = build_dataset(list(rep.entries) + list(rep.skipped), st, label_model)
+        ds = build_dataset(list(rep.entries) + list(rep.skipped), st, label_potential(st, base, args.device or "cpu"))
         write_dataset(ds, ds_dir, overwrite=True)
         print("dataset:", ds.counts(), flush=True)
     manifest = json.loads((ds_dir / "manifest.json").read_text())

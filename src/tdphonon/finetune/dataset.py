@@ -338,18 +338,11 @@ def anharmonic_remainder(potential, reference: Atoms, displacements: np.ndarray,
     scale = np.linalg.norm(u, axis=2).max(axis=1)
     if np.any(scale <= 0):
         raise ValueError("a zero displacement has no direction for the linear part")
+    from tdphonon.validation.pipeline import displaced_atoms
+
     eps = (float(delta) / scale)[:, None, None]
-
-    def displaced(v):
-        out = []
-        for x in v:
-            a = reference.copy()
-            a.positions = reference.positions + x
-            out.append(a)
-        return out
-
     labels = None if label is None else [label] * (3 * len(u) + 1)
-    f = potential.forces(displaced([np.zeros_like(u[0]), *u, *(eps * u), *(-eps * u)]), labels)
+    f = potential.forces(displaced_atoms(reference, np.concatenate([u[:1] * 0, u, eps * u, -eps * u])), labels)
     n = len(u)
     f0, fu, fp, fm = f[0], f[1:n + 1], f[n + 1:2 * n + 1], f[2 * n + 1:]
     return fu - f0[None] - (fp - fm) / (2 * eps)

@@ -56,6 +56,20 @@ def read_sources(paths: Sequence[str | Path], labels: Sequence[str] | None = Non
     return rep
 
 
+def label_potential(settings: DatasetSettings, base_model: str | None, device: str | None = None):
+    """The base model loaded for the data labels, or ``None`` when the settings do not need it.
+
+    Only ``thermal_labels == "base_anharmonic"`` runs a model while building the data set.
+    """
+    if settings.thermal_labels != "base_anharmonic":
+        return None
+    if not base_model:
+        raise ValueError("thermal_labels='base_anharmonic' needs the base model (--base-model)")
+    from tdphonon.potentials import load_potential
+
+    return load_potential(base_model) if device is None else load_potential(base_model, device=device)
+
+
 def make_dataset(paths: Sequence[str | Path], out: str | Path, settings: DatasetSettings | None = None,
                  labels: Sequence[str] | None = None, overwrite: bool = False,
                  base_model: str | None = None) -> dict[str, Any]:
@@ -65,13 +79,7 @@ def make_dataset(paths: Sequence[str | Path], out: str | Path, settings: Dataset
     ``settings.thermal_labels == "base_anharmonic"``, whose labels need it.
     """
     s = settings or DatasetSettings()
-    pot = None
-    if s.thermal_labels == "base_anharmonic":
-        if not base_model:
-            raise ValueError("thermal_labels='base_anharmonic' needs the base model (--base-model)")
-        from tdphonon.potentials import load_potential
-
-        pot = load_potential(base_model)
+    pot = label_potential(s, base_model)
     rep = read_sources(paths, labels)
     ds = build_dataset(list(rep.entries) + list(rep.skipped), s, pot)
     mpath = write_dataset(ds, out, overwrite=overwrite)
