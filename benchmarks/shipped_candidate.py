@@ -43,7 +43,8 @@ def card_summary(card: dict) -> dict:
     ev = card["evaluation"]
     data_settings = (card.get("data") or {}).get("settings", {})
     return {"name": card["name"], "sha256": card["sha256"], "epochs_run": card["epochs_run"],
-            "best_epoch": card["best_epoch"], "selection": card.get("selection"),
+            "best_epoch": card["best_epoch"], "kept_epoch": card.get("kept_epoch", card["best_epoch"]),
+            "selection": card.get("selection"),
             "train_seconds": card.get("train_seconds"), "recipe_argv": (card.get("recipe") or {}).get("argv"),
             "data_settings": {k: data_settings.get(k) for k in ("n_random", "n_modes", "raw_kinds", "max_raw_per_set")},
             "mae_thz_train": ev["mae_thz_finetuned_train"], "mae_thz_val": ev["mae_thz_finetuned_val"],

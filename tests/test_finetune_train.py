@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -129,6 +130,17 @@ def test_phonon_mae_selection_keeps_the_epoch_with_the_best_validation_phonons(d
     saved.max_force = 1e-9
     bad = phonon_mae(saved, [zr])
     assert bad["mean"] == float("inf") and "UnphysicalForcesError" in bad["errors"]["phonopy_params_Zr3N4"]
+    # keep="last": a finished run resumed with it writes the last epoch's weights, without training again
+    assert card["kept_epoch"] == card["best_epoch"]
+    with pytest.raises(ValueError, match="unknown keep"):
+        FineTuneSettings(keep="first")
+    last = fine_tune(M3GNET_DIR, train, val, tmp_path / "ph", dataclasses.replace(st, keep="last"),
+                     val_references=[zr])
+    assert len(last.history) == 2 and last.card["kept_epoch"] == 1
+    assert last.card["best_epoch"] == card["best_epoch"] and last.card["settings"]["keep"] == "last"
+    final = load_potential(str(last.model_dir), device="cpu", cache=False)
+    assert phonon_mae(final, [zr])["mean"] == pytest.approx(res.history[-1]["val_phonon_mae_thz"], rel=1e-4)
+    assert "the last epoch's, 1" in (last.model_dir / "README.md").read_text()
     # resuming against other validation sets would mix scores: refused
     with pytest.raises(TDPhononError, match="other validation reference sets"):
         fine_tune(M3GNET_DIR, train, val, tmp_path / "ph", st, val_references=[_reference("phonopy_params_Si")])

@@ -27,7 +27,10 @@ Steps (the same functions as `tdphonon finetune dataset|train|evaluate`):
    (the held-out accuracy of this recipe is measured by ``benchmarks/finetune.py``);
 4. force-MAE training from M3GNet-MP-2021.2.8-PES, Adam with cosine decay; the best epoch on
    the validation force MAE is kept (``--select phonon_mae``: on the validation sets' harmonic
-   frequency MAE against their DFT force constants instead; the shipped model used the force MAE);
+   frequency MAE against their DFT force constants instead; the shipped model used the force MAE;
+   ``--keep last`` writes the last epoch's weights instead of the selected ones, and re-exports a
+   finished run of the same ``--work`` and arguments without training again: with two validation
+   compounds, selection on either score picks epochs by noise, see docs/finetune.md);
    ``--max-hours`` stops a CPU/SLURM run cleanly (checkpointed:
    the same command with the same ``--work`` resumes). ``--anchor-weight λ`` adds the L2-SP term
    λ‖θ − θ_base‖² (default off). Measured with ``benchmarks/finetune.py`` (12 CPU epochs, same split,
@@ -90,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-hours", type=float, default=None, help="wall-time budget of the training")
     ap.add_argument("--select", default="force_mae", choices=["force_mae", "phonon_mae"],
                     help="best epoch by the validation force MAE or by the validation sets' phonon MAE vs DFT")
+    ap.add_argument("--keep", default="best", choices=["best", "last"],
+                    help="weights written: the best epoch by --select, or the last epoch run (a finished run, "
+                         "same --work and arguments, is re-exported without training)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--work", default=str(ROOT / "out" / "finetune_recipe"))
     ap.add_argument("--out", default=str(DEFAULT_OUT))
@@ -123,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = json.loads((ds_dir / "manifest.json").read_text())
     settings = FineTuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
                                 anchor_weight=args.anchor_weight, device=args.device, selection=args.select,
+                                keep=args.keep,
                                 max_seconds=None if args.max_hours is None else 3600.0 * args.max_hours)
     card = train(ds_dir, base, work / "train", settings, name="tdphonon-m3gnet",
                  references=[SHARED / "reference"] if args.select == "phonon_mae" else None,

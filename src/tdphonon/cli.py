@@ -660,6 +660,9 @@ def finetune_train(
     select: Annotated[str, typer.Option(
         help="best epoch by the validation 'force_mae' or by the validation compounds' 'phonon_mae' "
              "against DFT (needs --references)")] = "force_mae",
+    keep: Annotated[str, typer.Option(
+        help="weights written: the 'best' epoch by --select, or the 'last' epoch run (a finished run "
+             "resumed with the other choice writes those weights without training again)")] = "best",
     references: Annotated[list[Path] | None, typer.Option(
         "--references", help="the data set's sources (repeat), read for the validation compounds' DFT "
                              "force constants; their frequency MAE is then recorded every epoch")] = None,
@@ -674,7 +677,7 @@ def finetune_train(
     try:
         st = FineTuneSettings(epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
                               energy_weight=energy_weight, anchor_weight=anchor_weight, seed=seed,
-                              device=device, selection=select)
+                              device=device, selection=select, keep=keep)
         with _Progress() as prog:
             def _p(epoch, total, rec):
                 ph = (f", val phonons {rec['val_phonon_mae_thz']:.3f} THz" if "val_phonon_mae_thz" in rec else "")

@@ -42,11 +42,13 @@ from tdphonon.potentials import (
     sha256_dir,
 )
 
-__all__ = ["SELECTIONS", "FineTuneResult", "FineTuneSettings", "fine_tune", "force_mae", "interpolate_weights",
+__all__ = ["KEEPS", "SELECTIONS", "FineTuneResult", "FineTuneSettings", "fine_tune", "force_mae", "interpolate_weights",
            "phonon_mae"]
 
 #: What "best epoch" means (:attr:`FineTuneSettings.selection`)
 SELECTIONS = ("force_mae", "phonon_mae")
+#: Which weights a training run writes (:attr:`FineTuneSettings.keep`)
+KEEPS = ("best", "last")
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,12 @@ class FineTuneSettings:
         MAE, eV/Å; the training force MAE without validation data) or ``"phonon_mae"`` (mean
         harmonic frequency MAE, THz, of the validation compounds' DFT reference sets, which
         :func:`fine_tune` then needs as ``val_references``).
+    keep
+        Which weights are written: ``"best"`` (the epoch with the lowest selection score, the base
+        model included) or ``"last"`` (the last epoch run: the end of the cosine schedule, for when
+        the validation split is too small to select on; the selection score is still recorded and
+        still drives early stopping). Not part of the resume check: resuming a finished run with the
+        other choice writes the other weights without training again.
     """
 
     epochs: int = 150
@@ -98,17 +106,20 @@ class FineTuneSettings:
     device: str | None = None
     max_seconds: float | None = None
     selection: str = "force_mae"
+    keep: str = "best"
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
             raise ValueError(f"unknown selection {self.selection!r}: choose one of {', '.join(SELECTIONS)}")
+        if self.keep not in KEEPS:
+            raise ValueError(f"unknown keep {self.keep!r}: choose one of {', '.join(KEEPS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def resume_key(self) -> dict[str, Any]:
-        """Settings that must match for a checkpoint to be resumed (all but the time budget)."""
-        return {k: v for k, v in self.to_dict().items() if k != "max_seconds"}
+        """Settings that must match for a checkpoint to be resumed (all but the time budget and ``keep``)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("max_seconds", "keep")}
 
 
 @dataclass
@@ -381,7 +392,11 @@ def fine_tune(
         if s.max_seconds is not None and time.perf_counter() - t_start >= s.max_seconds:
             stopped = f"wall-time budget of {s.max_seconds:.0f} s reached after epoch {epoch + 1} of {s.epochs}"
             break
-    pot.model.load_state_dict(best_state)
+    if s.keep == "best":
+        pot.model.load_state_dict(best_state)
+        kept = best[1]
+    else:  # the weights in the model now: the last epoch's (trained or resumed), the base without any
+        kept = int(history[-1]["epoch"]) if history else -1
     pot.model.eval()
     model_dir = out / "model"
     name = name or f"{base_identity['name']}-finetuned"
@@ -392,7 +407,7 @@ def fine_tune(
     card = {
         "name": name, "kind": "matgl", "sha256": digest, "files": files,
         "base_model": base_identity, "settings": s.to_dict(),
-        "epochs_run": len(history), "best_epoch": best[1], "stopped_early": stopped,
+        "epochs_run": len(history), "best_epoch": best[1], "kept_epoch": kept, "stopped_early": stopped,
         "selection": {"by": s.selection, "best_score": best[0],
                       "unit": "THz" if s.selection == "phonon_mae" else "eV/Å"},
         "force_mae_before": {k: before[k] for k in ("train_mae", "val_mae")}, "force_mae_after": final,
@@ -520,7 +535,9 @@ def _card_markdown(card: dict[str, Any]) -> str:
         f"* compounds: train {data.get('train_compounds', 'n/a')}, validation {data.get('val_compounds', 'n/a')}, "
         f"held out {data.get('heldout_compounds', 'n/a')}",
         f"* epochs run: {card['epochs_run']} (best: {card['best_epoch']}, selected on the validation "
-        f"{_SELECTION_WORDS[(card.get('selection') or {}).get('by', 'force_mae')]}), "
+        f"{_SELECTION_WORDS[(card.get('selection') or {}).get('by', 'force_mae')]}"
+        + (f"; weights written: the last epoch's, {card['kept_epoch']}"
+           if card.get("settings", {}).get("keep") == "last" else "") + "), "
         f"settings: `{json.dumps(card['settings'])}`",
         f"* force MAE (eV/Å) before → after: train {_fmt(b['train_mae'])} → {_fmt(a['train_mae'])}, "
         f"validation {_fmt(b['val_mae'])} → {_fmt(a['val_mae'])}",
