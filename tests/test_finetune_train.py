@@ -137,6 +137,8 @@ def test_phonon_mae_selection_keeps_the_epoch_with_the_best_validation_phonons(d
     last = fine_tune(M3GNET_DIR, train, val, tmp_path / "ph", dataclasses.replace(st, keep="last"),
                      val_references=[zr])
     assert len(last.history) == 2 and last.card["kept_epoch"] == 1
+    # the card's wall time adds up over invocations: the re-export did not train, the run it resumed did
+    assert last.card["train_seconds"] > res.history[-1]["seconds"]
     assert last.card["best_epoch"] == card["best_epoch"] and last.card["settings"]["keep"] == "last"
     final = load_potential(str(last.model_dir), device="cpu", cache=False)
     assert phonon_mae(final, [zr])["mean"] == pytest.approx(res.history[-1]["val_phonon_mae_thz"], rel=1e-4)

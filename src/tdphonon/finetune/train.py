@@ -305,6 +305,7 @@ def fine_tune(
     start_epoch = 0
     ckpt = out / "checkpoint.pt"
     t_start = time.perf_counter()
+    elapsed0 = 0.0  # wall time of earlier invocations (resume): "seconds" and train_seconds add up over them
     ref_names = sorted(r.name for r in refs)
 
     def _score(rec: dict[str, Any]) -> float:
@@ -339,6 +340,7 @@ def fine_tune(
         sched.load_state_dict(c["scheduler"])
         history, best, best_state, start_epoch = c["history"], tuple(c["best"]), c["best_state"], c["epoch"] + 1
         before = c["before"]
+        elapsed0 = float(history[-1]["seconds"]) if history else 0.0
         rng.bit_generator.state = c["rng"]
         torch.set_rng_state(c["torch_rng"])
     stale = len(history) - 1 - best[1] if history else 0
@@ -369,7 +371,7 @@ def fine_tune(
         rec = _phonons({"epoch": epoch, "train_mae": tot / max(n, 1),
                         "val_mae": force_mae(pot, va) if va else float("nan"),
                         "lr": float(opt.param_groups[0]["lr"]), "drift2": float(_drift(params, anchor).detach())})
-        rec["seconds"] = time.perf_counter() - t_start
+        rec["seconds"] = elapsed0 + time.perf_counter() - t_start
         history.append(rec)
         score = _score(rec)
         if score < best[0]:
@@ -415,7 +417,7 @@ def fine_tune(
         "train_structures": len(train), "val_structures": len(val),
         **({"val_phonon_mae_thz": {"before": before.get("val_phonon_mae_thz"), "after": phonon_mae(pot, refs)["mean"],
                                    "sets": [r.name for r in refs]}} if refs else {}),
-        "train_seconds": time.perf_counter() - t_start, "hardware": hardware_info(pot.device),
+        "train_seconds": elapsed0 + time.perf_counter() - t_start, "hardware": hardware_info(pot.device),
         "packages": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (out / "history.json").write_text(json.dumps(history, indent=1))
