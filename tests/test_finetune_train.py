@@ -197,6 +197,17 @@ def test_cli_train_model_card_and_harmonic(dataset, tmp_path, si_structure):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "h" / "summary.json").read_text())
     assert summary["model"]["sha256"] == card["sha256"]
+    # --keep: an unknown choice is refused by name; 'last' re-exports the finished run without training
+    base_args = ["finetune", "train", str(dataset), "--base", str(M3GNET_DIR), "--out", str(out), "--epochs", "1",
+                 "--lr", "1e-4", "--device", "cpu", "--name", "tdphonon-test"]
+    res = runner.invoke(app, [*base_args, "--keep", "first"])
+    assert res.exit_code != 0 and "unknown keep 'first'" in res.output and "best, last" in res.output
+    res = runner.invoke(app, [*base_args, "--keep", "last"])
+    assert res.exit_code == 0, res.output
+    last = json.loads((out / "model" / "model_card.json").read_text())
+    assert last["settings"]["keep"] == "last" and last["kept_epoch"] == last["epochs_run"] - 1 == 0
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist) == 1 and last["train_seconds"] >= hist[-1]["seconds"] > 0  # the training's time, not 0
 
 
 def test_unknown_elements_are_refused(dataset, tmp_path):

@@ -71,6 +71,8 @@ DEFAULT_OUT = ROOT / "src" / "tdphonon" / "data" / "models" / "tdphonon-m3gnet"
 
 
 def main(argv: list[str] | None = None) -> None:
+    from tdphonon.finetune.train import KEEPS, SELECTIONS  # light: no torch
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=150)
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -91,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-raw", type=int, default=40, help="raw DFT configurations per set")
     ap.add_argument("--raw-kinds", nargs="+", default=["random"], help="kinds of raw DFT sets to include")
     ap.add_argument("--max-hours", type=float, default=None, help="wall-time budget of the training")
-    ap.add_argument("--select", default="force_mae", choices=["force_mae", "phonon_mae"],
+    ap.add_argument("--select", default="force_mae", choices=SELECTIONS,
                     help="best epoch by the validation force MAE or by the validation sets' phonon MAE vs DFT")
-    ap.add_argument("--keep", default="best", choices=["best", "last"],
+    ap.add_argument("--keep", default="best", choices=KEEPS,
                     help="weights written: the best epoch by --select, or the last epoch run (a finished run, "
                          "same --work and arguments, is re-exported without training)")
     ap.add_argument("--device", default=None)

@@ -1,0 +1,83 @@
+"""The verdict of ``benchmarks/shipped_candidate.py``: which checks a candidate model passes (no TDPH run)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@pytest.fixture(scope="module")
+def sc():
+    spec = importlib.util.spec_from_file_location("shipped_candidate", ROOT / "benchmarks" / "shipped_candidate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def curve(harm, t100, t300, t600):
+    return {"gamma_to1_thz": {"harmonic": 0.0}, "r_soft_thz": {"harmonic": harm, "100K": t100, "300K": t300,
+                                                               "600K": t600}}
+
+
+def result(candidate: dict, **extra) -> dict:
+    """A result as shipped_candidate writes it: DFT R harmonic −2.3, SCPH(300 K) +1.9 THz."""
+    return {
+        "sets": {"mean_candidate": 0.45, "mean_shipped": 0.50},
+        "candidate": {"mae_thz_val": 0.7}, "shipped": {"mae_thz_val": 0.8},
+        "srtio3": {"candidate": candidate, **extra,
+                   "tdphonon-m3gnet": curve(-5.0, -4.8, -4.6, -3.8),
+                   "SevenNet-0": curve(-2.5, -1.1, 2.0, 2.8),
+                   "dft_harmonic": {"r_soft_thz": -2.3}, "dft_scph_2x2x2_300K": {"r_soft": 1.9}},
+    }
+
+
+def test_good_candidate_may_replace_and_become_default(sc):
+    v = sc.verdict(result(curve(-2.4, -1.0, 1.95, 2.9)))
+    assert v["may_replace_shipped"] and v["may_become_default"]
+    assert v["r_checks_judged_on"] == "self_consistent"
+
+
+def test_closer_to_shipped_than_sevennet_replaces_but_is_not_default(sc):
+    v = sc.verdict(result(curve(-2.6, -2.0, -0.5, 2.0)))
+    assert v["may_replace_shipped"] and not v["may_become_default"]
+    assert not v["default_checks"]["r_300K_near_dft_scph"]
+    assert not v["default_checks"]["r_300K_as_close_as_sevennet"]
+
+
+def test_not_hardening_fails(sc):
+    v = sc.verdict(result(curve(-2.4, 0.5, 0.2, 2.9)))
+    assert not v["replace_checks"]["r_hardens_with_T"] and not v["may_replace_shipped"]
+
+
+def test_failed_tdph_with_outliers_dropped_judges_r_on_the_diagnosis(sc):
+    failed = {"tdph_failed": "2 outlier configuration(s) at T=600 K", "r_soft_thz": {"harmonic": -2.4},
+              "gamma_to1_thz": {"harmonic": 0.0}}
+    v = sc.verdict(result(failed, candidate_outliers_dropped=curve(-2.4, -1.0, 1.95, 2.9)))
+    assert v["r_checks_judged_on"] == "outliers_dropped"
+    assert not v["replace_checks"]["tdph_runs"]
+    assert v["replace_checks"]["r_hardens_with_T"] and v["replace_checks"]["r_300K_not_farther_than_shipped"]
+    assert not v["may_replace_shipped"] and not v["may_become_default"]
+    # without a diagnosis, there is no R(T) to judge: those checks fail
+    v = sc.verdict(result(failed))
+    assert v["r_checks_judged_on"] is None
+    assert not v["replace_checks"]["r_300K_not_farther_than_shipped"] and not v["replace_checks"]["r_hardens_with_T"]
+    assert v["replace_checks"]["r_harmonic_not_farther_than_shipped"]
+
+
+def test_committed_16_epoch_result(sc):
+    """The 16-epoch last-epoch candidate: only the 600 K outliers keep it from replacing the shipped model."""
+    res = json.loads((RESULTS / "shipped_candidate_modes10_unstable30_thermal4_base_16epochs_last.json").read_text())
+    v = sc.verdict(copy.deepcopy(res))
+    assert v["r_checks_judged_on"] == "outliers_dropped"
+    assert not v["replace_checks"]["tdph_runs"]
+    # outlier-dropped R(300 K) = −1.21 THz is closer to DFT SCPH (+1.93) than the shipped model's −4.58
+    assert v["replace_checks"]["r_300K_not_farther_than_shipped"]
+    assert [k for k, ok in v["replace_checks"].items() if not ok] == ["tdph_runs"]
+    assert not v["may_replace_shipped"]
