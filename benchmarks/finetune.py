@@ -11,7 +11,13 @@ DFT supercell, acoustic Γ excluded) before/after on held-out and on training co
 device. Writes benchmarks/results/finetune.json (+ finetune_parity.png).
 
     python benchmarks/finetune.py [--epochs 16] [--max-raw 40] [--max-hours H] [--device cpu]
-                                  [--n-modes N] [--select force_mae|phonon_mae]
+                                  [--n-modes N] [--select force_mae|phonon_mae] [--work DIR] ...
+
+The data and training options are the recipe's own (:mod:`tdphonon.finetune.recipe`, shared with
+workflows/finetune_recipe.py), so the held-out accuracy of any recipe is measured by passing the
+``recipe.argv`` of its model card, e.g. ``--n-modes 10 --n-modes-unstable 30 --thermal-temperatures 300
+--n-thermal 4 --thermal-labels base_anharmonic --keep last``. Defaults that differ from the recipe:
+``--epochs 16``, ``--patience 0``, ``--device cpu``. With ``--work`` an interrupted run resumes.
 """
 
 from __future__ import annotations
@@ -67,32 +73,27 @@ def universal_models_on(labels: list[str], path: Path = HARMONIC_ACCURACY) -> di
 
 
 def main(argv=None) -> int:
+    from tdphonon.finetune.recipe import (  # light: no torch
+        add_recipe_options,
+        dataset_settings,
+        finetune_settings,
+        prepare_dataset,
+    )
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=16)
-    ap.add_argument("--max-raw", type=int, default=40)
-    ap.add_argument("--max-hours", type=float, default=None, help="wall-time budget of the training")
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--anchor-weight", type=float, default=0.0, help="L2-SP pull towards the base weights (0: off)")
-    ap.add_argument("--n-random", type=int, default=10)
-    ap.add_argument("--n-modes", type=int, default=0,
-                    help="mode-weighted configurations per set (amplitude ∝ 1/|ν| per normal mode)")
-    ap.add_argument("--select", default="force_mae", choices=["force_mae", "phonon_mae"],
-                    help="best epoch by the validation force MAE or by the validation sets' phonon MAE vs DFT")
-    ap.add_argument("--max-atoms", type=int, default=200)
+    add_recipe_options(ap, epochs=16, patience=0, device="cpu")
     ap.add_argument("--heldout", nargs="*", default=HELDOUT)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--work", default=None, help="folder for the data set and model (default: a temp dir)")
+    ap.add_argument("--work", default=None,
+                    help="folder for the data set and model (default: a temp dir); the same --work and arguments "
+                         "resume an interrupted run (checkpoints) or re-export a finished one (--keep)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     import warnings
 
     warnings.filterwarnings("ignore")
-    from tdphonon.finetune.dataset import DatasetSettings, build_dataset, write_dataset
     from tdphonon.finetune.evaluate import evaluate_models, parity_plot
     from tdphonon.finetune.flows import _as_reference, train
     from tdphonon.finetune.sources import read_reference_collection
-    from tdphonon.finetune.train import FineTuneSettings
     from tdphonon.potentials import hardware_info, package_versions
 
     base = str(SHARED / "models" / "M3GNet-MP-2021.2.8-PES")
@@ -101,26 +102,20 @@ def main(argv=None) -> int:
     rep = read_reference_collection(SHARED / "reference", skip_larger_than=args.max_atoms)
     t_read = time.perf_counter() - t0
     print(f"{len(rep.entries)} sets read, {len(rep.skipped)} skipped ({t_read:.0f} s)", flush=True)
-    st = DatasetSettings(n_random=args.n_random, n_modes=args.n_modes, held_out=tuple(args.heldout),
-                         val_fraction=0.05, seed=0,
-                         include_raw=args.max_raw > 0, raw_kinds=("random",), max_raw_per_set=args.max_raw or None)
-    ds = build_dataset(list(rep.entries) + list(rep.skipped), st)
-    write_dataset(ds, work / "dataset", overwrite=True)
-    man = json.loads((work / "dataset" / "manifest.json").read_text())
-    print("dataset:", ds.counts(), flush=True)
-    t0 = time.perf_counter()
-    card = train(work / "dataset", base, work / "train",
-                 FineTuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=0,
-                                  anchor_weight=args.anchor_weight, device=args.device, selection=args.select,
-                                  max_seconds=None if args.max_hours is None else 3600.0 * args.max_hours),
+    st = dataset_settings(args, held_out=tuple(args.heldout))
+    man = prepare_dataset(list(rep.entries) + list(rep.skipped), st, work / "dataset", base, args.device)
+    print("dataset:", {k: v["n_structures"] for k, v in man["splits"].items()},
+          "(reused)" if man.get("reused") else "", flush=True)
+    card = train(work / "dataset", base, work / "train", finetune_settings(args),
                  name="M3GNet-MP-2021.2.8-PES-tdphonon-ft",
-                 progress=lambda e, n, r: print(f"epoch {e}/{n} {r}", flush=True), resume=False,
+                 progress=lambda e, n, r: print(f"epoch {e}/{n} {r}", flush=True), resume=args.work is not None,
                  references=[SHARED / "reference"] if args.select == "phonon_mae" else None)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = card["train_seconds"]  # summed over resumed invocations
     # compounds of each label: held-out by compound, so every set of a held-out compound is held out
-    test_labels = sorted({a.info["label"] for a in ds.structures.get("test", [])})
-    train_labels = sorted({a.info["label"] for a in ds.structures.get("train", [])})
-    val_labels = sorted({a.info["label"] for a in ds.structures.get("val", [])})
+    def labels_of(split):
+        return sorted({lab for c in man["compounds"].values() if c["split"] == split for lab in c["labels"]})
+
+    test_labels, train_labels, val_labels = labels_of("test"), labels_of("train"), labels_of("val")
     refs = [_as_reference(e) for e in rep.entries if e.label in set(test_labels) | set(train_labels)]
     t0 = time.perf_counter()
     ev = evaluate_models({"before": base, "after": str(work / "train" / "model")}, refs, test_labels,

@@ -81,3 +81,41 @@ def test_committed_16_epoch_result(sc):
     assert v["replace_checks"]["r_300K_not_farther_than_shipped"]
     assert [k for k, ok in v["replace_checks"].items() if not ok] == ["tdph_runs"]
     assert not v["may_replace_shipped"]
+
+
+@pytest.fixture(scope="module")
+def val():
+    spec = importlib.util.spec_from_file_location("validation_SrTiO3", ROOT / "benchmarks" / "validation_SrTiO3.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_columns_or_failure_keeps_a_failure_as_a_result(val, monkeypatch):
+    """A failed TDPH is returned with its error and a diagnosis run with the outliers dropped."""
+    from tdphonon.errors import TDPhononError, UnphysicalForcesError
+
+    calls = []
+
+    def run_columns(structure, potential, hs, n, drop_outliers=False):
+        calls.append(drop_outliers)
+        if mode == "ok" or (mode == "outliers" and drop_outliers):
+            return {"dropped": drop_outliers}
+        raise UnphysicalForcesError("SrTiO3", "2 outlier configuration(s) at T=600 K")
+
+    monkeypatch.setattr(val, "run_columns", run_columns)
+    mode = "ok"
+    assert val.columns_or_failure(None, None, None, 4) == ({"dropped": False}, None, None) and calls == [False]
+    calls.clear()
+    mode = "outliers"
+    col, failure, diagnosis = val.columns_or_failure(None, None, None, 4)
+    assert col is None and "outlier" in failure and diagnosis == {"dropped": True} and calls == [False, True]
+    calls.clear()
+    mode = "broken"
+    col, failure, diagnosis = val.columns_or_failure(None, None, None, 4)
+    assert col is None and "outlier" in failure and diagnosis == {"failed": failure} and calls == [False, True]
+    # an error that is not a TDPH failure (a bug) is not swallowed
+    monkeypatch.setattr(val, "run_columns", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        val.columns_or_failure(None, None, None, 4)
+    assert issubclass(UnphysicalForcesError, TDPhononError)

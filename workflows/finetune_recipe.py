@@ -71,44 +71,24 @@ DEFAULT_OUT = ROOT / "src" / "tdphonon" / "data" / "models" / "tdphonon-m3gnet"
 
 
 def main(argv: list[str] | None = None) -> None:
-    from tdphonon.finetune.train import KEEPS, SELECTIONS  # light: no torch
+    from tdphonon.finetune.recipe import (  # light: no torch
+        add_recipe_options,
+        dataset_settings,
+        finetune_settings,
+        prepare_dataset,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=150)
-    ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--anchor-weight", type=float, default=0.0, help="L2-SP pull towards the base weights (0: off)")
-    ap.add_argument("--patience", type=int, default=20)
-    ap.add_argument("--max-atoms", type=int, default=200)
-    ap.add_argument("--n-random", type=int, default=10)
-    ap.add_argument("--n-modes", type=int, default=0,
-                    help="mode-weighted configurations per set (amplitude ∝ 1/|ν| per normal mode)")
-    ap.add_argument("--n-modes-unstable", type=int, default=0,
-                    help="extra mode-weighted configurations for sets with an unstable DFT mode (< -0.5 THz)")
-    ap.add_argument("--thermal-temperatures", type=float, nargs="*", default=[],
-                    help="thermal configurations at these T (K), --n-thermal per set and T")
-    ap.add_argument("--n-thermal", type=int, default=10)
-    ap.add_argument("--thermal-labels", default="harmonic", choices=["harmonic", "base_anharmonic"],
-                    help="F = -Φu, or -Φu plus the base model's anharmonic remainder (keeps its anharmonicity)")
-    ap.add_argument("--max-raw", type=int, default=40, help="raw DFT configurations per set")
-    ap.add_argument("--raw-kinds", nargs="+", default=["random"], help="kinds of raw DFT sets to include")
-    ap.add_argument("--max-hours", type=float, default=None, help="wall-time budget of the training")
-    ap.add_argument("--select", default="force_mae", choices=SELECTIONS,
-                    help="best epoch by the validation force MAE or by the validation sets' phonon MAE vs DFT")
-    ap.add_argument("--keep", default="best", choices=KEEPS,
-                    help="weights written: the best epoch by --select, or the last epoch run (a finished run, "
-                         "same --work and arguments, is re-exported without training)")
-    ap.add_argument("--device", default=None)
+    add_recipe_options(ap, epochs=150, patience=20, device=None)
     ap.add_argument("--work", default=str(ROOT / "out" / "finetune_recipe"))
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     args = ap.parse_args(argv)
     import warnings
 
     warnings.filterwarnings("ignore")
-    from tdphonon.finetune.dataset import DatasetSettings, build_dataset, write_dataset
     from tdphonon.finetune.evaluate import evaluate_models
-    from tdphonon.finetune.flows import _as_reference, label_potential, train
-    from tdphonon.finetune.train import FineTuneSettings, _card_markdown
+    from tdphonon.finetune.flows import _as_reference, train
+    from tdphonon.finetune.train import _card_markdown
 
     base = str(SHARED / "models" / "M3GNet-MP-2021.2.8-PES")
     work = Path(args.work)
@@ -118,21 +98,11 @@ def main(argv: list[str] | None = None) -> None:
 
     rep = read_reference_collection(SHARED / "reference", skip_larger_than=args.max_atoms)
     print(f"{len(rep.entries)} sets read, {len(rep.skipped)} skipped ({time.perf_counter() - t0:.0f} s)", flush=True)
-    st = DatasetSettings(n_random=args.n_random, n_modes=args.n_modes, n_modes_unstable=args.n_modes_unstable,
-                         temperatures=tuple(args.thermal_temperatures), n_thermal=args.n_thermal,
-                         thermal_labels=args.thermal_labels, include_raw=True,
-                         raw_kinds=tuple(args.raw_kinds), max_raw_per_set=args.max_raw, val_fraction=0.05, seed=0)
-    mpath = ds_dir / "manifest.json"
-    # a data set of the work folder is reused (resume) only when it was made with these settings
-    if not mpath.exists() or json.loads(mpath.read_text()).get("settings") != json.loads(json.dumps(st.to_dict())):
-        ds = build_dataset(list(rep.entries) + list(rep.skipped), st, label_potential(st, base, args.device or "cpu"))
-        write_dataset(ds, ds_dir, overwrite=True)
-        print("dataset:", ds.counts(), flush=True)
-    manifest = json.loads((ds_dir / "manifest.json").read_text())
-    settings = FineTuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
-                                anchor_weight=args.anchor_weight, device=args.device, selection=args.select,
-                                keep=args.keep,
-                                max_seconds=None if args.max_hours is None else 3600.0 * args.max_hours)
+    st = dataset_settings(args)
+    manifest = prepare_dataset(list(rep.entries) + list(rep.skipped), st, ds_dir, base, args.device)
+    print("dataset:", {k: v["n_structures"] for k, v in manifest["splits"].items()},
+          "(reused)" if manifest.get("reused") else "", flush=True)
+    settings = finetune_settings(args)
     card = train(ds_dir, base, work / "train", settings, name="tdphonon-m3gnet",
                  references=[SHARED / "reference"] if args.select == "phonon_mae" else None,
                  progress=lambda e, n, r: print(f"epoch {e}/{n}: train {r['train_mae']:.4f} "
