@@ -13,12 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-@pytest.fixture(scope="module")
-def sc():
-    spec = importlib.util.spec_from_file_location("shipped_candidate", ROOT / "benchmarks" / "shipped_candidate.py")
+def benchmark_module(name: str):
+    """A script of benchmarks/ imported as a module (their top levels import nothing heavy)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def sc():
+    return benchmark_module("shipped_candidate")
 
 
 def curve(harm, t100, t300, t600):
@@ -85,10 +90,7 @@ def test_committed_16_epoch_result(sc):
 
 @pytest.fixture(scope="module")
 def val():
-    spec = importlib.util.spec_from_file_location("validation_SrTiO3", ROOT / "benchmarks" / "validation_SrTiO3.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark_module("validation_SrTiO3")
 
 
 def test_columns_or_failure_keeps_a_failure_as_a_result(val, monkeypatch):
