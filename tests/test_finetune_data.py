@@ -643,3 +643,42 @@ def test_base_anharmonic_thermal_labels(toy_entries):
         DatasetSettings(thermal_labels="dft")
     ds = build_dataset(toy_entries[:2], s, base)
     assert ds.manifest["base_model_for_labels"]["sha256"] == base.identity.sha256
+
+
+def test_base_anharmonic_labels_drop_only_the_configurations_where_the_base_extrapolates(toy_entries):
+    """An over-limit base-model force drops that thermal configuration (reported), not the whole set."""
+    from tdphonon.analytic import ForceConstantPotential
+
+    entry = toy_entries[0]
+    fc, ref = entry.force_constants, entry.reference_atoms()
+    s = DatasetSettings(n_random=2, temperatures=(600.0,), n_thermal=4, thermal_labels="base_anharmonic")
+    plain, _ = compound_configurations(entry, s, ForceConstantPotential(ref, fc, quartic=1.0, name="toy-base"))
+    ux = sorted(abs(float(a.positions[0, 0] - ref.positions[0, 0])) for a in plain if a.info.get("temperature"))
+    assert ux[2] - ux[1] > 1e-3 and ux[1] > 0.01  # the ±εu probes (≤ 0.005 Å) stay below the first cut
+
+    class Extrapolating(ForceConstantPotential):
+        """100 eV/Å on atom 0 wherever it is displaced along x by more than ``cut`` (a hole in the model)."""
+
+        cut = 0.5 * (ux[1] + ux[2])
+
+        def _compute(self, atoms_list):
+            energies, forces = super()._compute(atoms_list)
+            for at, f in zip(atoms_list, forces, strict=True):
+                if abs(at.positions[0, 0] - ref.positions[0, 0]) > self.cut:
+                    f[0, 0] += 100.0
+            return energies, forces
+
+    hole = Extrapolating(ref, fc, quartic=1.0, name="toy-hole")
+    hole.max_force = 50.0  # the MLIPs' limit (analytic potentials accept any force)
+    structs, rec = compound_configurations(entry, s, hole)
+    thermal = [a for a in structs if a.info.get("temperature")]
+    assert rec["counts"]["thermal_600K"] == len(thermal) == 2 and rec["thermal_dropped"]["600K"] == 2
+    assert rec["counts"]["random"] == 2  # the harmonic data of the set are kept
+    assert any("2 of 4 configurations dropped" in w and "exceeds the limit" in w for w in rec["warnings"])
+    kept = sorted(abs(float(a.positions[0, 0] - ref.positions[0, 0])) for a in thermal)
+    np.testing.assert_allclose(kept, ux[:2], atol=1e-9)
+    # where every configuration extrapolates, that temperature is dropped; the set still is not
+    hole.cut = 0.5 * ux[0]
+    structs, rec = compound_configurations(entry, s, hole)
+    assert "thermal_600K" not in rec["counts"] and rec["counts"]["random"] == 2
+    assert rec["thermal_dropped"]["600K"] == 4 and not any(a.info.get("temperature") for a in structs)

@@ -121,3 +121,21 @@ def test_columns_or_failure_keeps_a_failure_as_a_result(val, monkeypatch):
     with pytest.raises(ZeroDivisionError):
         val.columns_or_failure(None, None, None, 4)
     assert issubclass(UnphysicalForcesError, TDPhononError)
+
+
+def test_sets_are_compared_on_the_shipped_cards_sets(sc):
+    """A set the candidate's recipe dropped is evaluated separately or the comparison fails `every_set_compared`."""
+    ship = {"evaluation": {"per_set": {"A": {"base": 2.0, "finetuned": 0.5}, "B": {"base": 3.0, "finetuned": 0.6}}}}
+    cand = {"evaluation": {"per_set": {"A": {"base": 2.0, "finetuned": 0.3}}}}
+    only_a = sc.compare_sets(ship, cand)
+    assert only_a["n_sets"] == 1 and only_a["not_evaluated"] == ["B"] and only_a["not_in_candidate_card"] == ["B"]
+    both = sc.compare_sets(ship, cand, {"B": 1.1})
+    assert both["n_sets"] == 2 and both["not_evaluated"] == [] and both["per_set"]["B"]["not_in_candidate_card"]
+    assert both["mean_candidate"] == pytest.approx(0.7) and both["candidate_better_on"] == 1
+    good = curve(-2.4, -1.0, 1.95, 2.9)
+    r = result(good)
+    r["sets"] = only_a
+    v = sc.verdict(r)
+    assert not v["replace_checks"]["every_set_compared"] and not v["may_replace_shipped"]
+    r["sets"] = both
+    assert sc.verdict(r)["replace_checks"]["every_set_compared"]

@@ -118,7 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     ev = evaluate_models({"base": base, "finetuned": str(model_dir)}, refs, val_labels, device=args.device or "cpu")
     b, a = ev["models"]["base"], ev["models"]["finetuned"]
     card["recipe"] = {"script": "workflows/finetune_recipe.py", "argv": sys.argv[1:] if argv is None else argv,
-                      "max_atoms": args.max_atoms, "skipped_sets": [s.to_dict() for s in rep.skipped]}
+                      "max_atoms": args.max_atoms, "skipped_sets": [s.to_dict() for s in rep.skipped],
+                      # read, but dropped while the data were built (reason given): not in the per-set table
+                      "dropped_from_data": [d for d in manifest.get("skipped", [])
+                                            if d.get("label") in {e.label for e in rep.entries}]}
     card["evaluation"] = {
         "what": "harmonic phonon frequencies on each set's DFT supercell, commensurate q-points; "
                 "validation compounds were not trained on",

@@ -348,6 +348,32 @@ def anharmonic_remainder(potential, reference: Atoms, displacements: np.ndarray,
     return fu - f0[None] - (fp - fm) / (2 * eps)
 
 
+def _remainders_where_sane(potential, reference: Atoms, u: np.ndarray, delta: float, label: str, temperature: float,
+                           record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`anharmonic_remainder` of the thermal configurations whose base-model forces are sane.
+
+    A configuration where the base model extrapolates (NaN or over-limit forces: its label would be
+    garbage) is dropped with a warning in ``record``, configuration by configuration, rather than the
+    whole set (whose harmonic data are still good). Returns (remainders, indices kept).
+    """
+    try:
+        return anharmonic_remainder(potential, reference, u, delta, label=label), np.arange(len(u))
+    except TDPhononError:
+        pass
+    rem, kept, why = [], [], []
+    for k in range(len(u)):
+        try:
+            rem.append(anharmonic_remainder(potential, reference, u[k:k + 1], delta, label=label)[0])
+            kept.append(k)
+        except TDPhononError as exc:
+            why.append(f"#{k}: {exc.reason}")
+    record["warnings"].append(
+        f"thermal {temperature:g} K: {len(why)} of {len(u)} configurations dropped, the base model's forces "
+        f"are not usable as labels there ({'; '.join(why)})")
+    record.setdefault("thermal_dropped", {})[f"{temperature:g}K"] = len(why)
+    return (np.array(rem) if rem else np.zeros((0, *u.shape[1:]))), np.asarray(kept, dtype=int)
+
+
 def _label_key(label: str) -> int:
     return zlib.crc32(label.encode())
 
@@ -446,7 +472,10 @@ def compound_configurations(entry: HarmonicEntry, settings: DatasetSettings | No
         if s.thermal_labels == "base_anharmonic":
             if base_potential is None:
                 raise ValueError("thermal_labels='base_anharmonic' needs the base model (base_potential)")
-            rem = anharmonic_remainder(base_potential, ref, u, s.remainder_delta, label=entry.label)
+            rem, kept = _remainders_where_sane(base_potential, ref, u, s.remainder_delta, entry.label, t, record)
+            if not kept.size:
+                continue
+            u, f, e = u[kept], f[kept], [e[i] for i in kept]
             record.setdefault("anharmonic_remainder", {})[f"{t:g}K"] = {
                 "rms_ev_a": float(np.sqrt(np.mean(rem ** 2))),
                 "ratio_to_harmonic": float(np.linalg.norm(rem) / max(np.linalg.norm(f), 1e-30))}
