@@ -78,6 +78,7 @@ def main(argv=None) -> int:
         dataset_settings,
         finetune_settings,
         prepare_dataset,
+        split_labels,
     )
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,11 +112,8 @@ def main(argv=None) -> int:
                  progress=lambda e, n, r: print(f"epoch {e}/{n} {r}", flush=True), resume=args.work is not None,
                  references=[SHARED / "reference"] if args.select == "phonon_mae" else None)
     train_seconds = card["train_seconds"]  # summed over resumed invocations
-    # compounds of each label: held-out by compound, so every set of a held-out compound is held out
-    def labels_of(split):
-        return sorted({lab for c in man["compounds"].values() if c["split"] == split for lab in c["labels"]})
-
-    test_labels, train_labels, val_labels = labels_of("test"), labels_of("train"), labels_of("val")
+    # held out by compound, so every set of a held-out compound is held out
+    test_labels, train_labels, val_labels = (split_labels(man, k) for k in ("test", "train", "val"))
     refs = [_as_reference(e) for e in rep.entries if e.label in set(test_labels) | set(train_labels)]
     t0 = time.perf_counter()
     ev = evaluate_models({"before": base, "after": str(work / "train" / "model")}, refs, test_labels,

@@ -83,7 +83,7 @@ def compare_sets(shipped: dict, candidate: dict, extra: dict | None = None) -> d
     per = {lab: {"base": b[lab]["base"], "shipped": a[lab]["finetuned"], "candidate": b[lab]["finetuned"]}
            for lab in sorted(set(a) & set(b))}
     per.update({lab: {"base": a[lab]["base"], "shipped": a[lab]["finetuned"], "candidate": extra[lab],
-                      "not_in_candidate_card": True} for lab in sorted(set(a) - set(b)) if lab in extra})
+                      "not_in_candidate_card": True} for lab in set(a) - set(b) if lab in extra})
     per = dict(sorted(per.items()))
     wins = [lab for lab, v in per.items() if v["candidate"] < v["shipped"]]
     return {"per_set": per, "candidate_better_on": len(wins), "n_sets": len(per),

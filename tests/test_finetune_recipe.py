@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from conftest import REFERENCE, requires_reference
-from tdphonon.finetune.recipe import add_recipe_options, dataset_settings, finetune_settings, prepare_dataset
+from tdphonon.finetune.recipe import (
+    add_recipe_options,
+    dataset_settings,
+    finetune_settings,
+    prepare_dataset,
+    split_labels,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,6 +74,7 @@ def test_prepare_dataset_reuses_only_the_same_settings(tmp_path):
     assert not man.get("reused") and man["splits"]["test"]["n_structures"] == 2
     assert man["splits"]["test"]["compounds"] == [c for c, v in man["compounds"].items()
                                                   if v["labels"] == ["phonopy_params_Si"]]
+    assert split_labels(man, "test") == ["phonopy_params_Si"] and split_labels(man, "val") == []
     again = prepare_dataset(entries, st, tmp_path / "ds", base_model="")
     assert again["reused"] and again["created"] == man["created"]
     st3 = dataset_settings(parse(["--n-random", "3", "--max-raw", "0"]), held_out=("phonopy_params_Si",))

@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         dataset_settings,
         finetune_settings,
         prepare_dataset,
+        split_labels,
     )
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # harmonic accuracy of base and fine-tuned model on every set (validation compounds = not trained on)
     comps = manifest.get("compounds", {})
-    val_labels = sorted(lab for c in comps.values() if c["split"] == "val" for lab in c["labels"])
+    val_labels = split_labels(manifest, "val")
     used = {lab for c in comps.values() for lab in c["labels"]}
     refs = [_as_reference(e) for e in rep.entries if e.label in used]
     t0 = time.perf_counter()

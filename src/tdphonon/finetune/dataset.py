@@ -52,7 +52,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from tdphonon.errors import TDPhononError
+from tdphonon.errors import TDPhononError, UnphysicalForcesError
 from tdphonon.finetune.sources import DataError, HarmonicEntry, SkippedEntry, estimate_energy0
 from tdphonon.sampling import (
     ModeAmplitudePolicy,
@@ -332,20 +332,50 @@ def anharmonic_remainder(potential, reference: Atoms, displacements: np.ndarray,
     label
         Material name for errors (extrapolating forces raise :class:`UnphysicalForcesError`).
     """
+    rem, failed = _remainder_and_failures(potential, reference, displacements, delta, label)
+    if failed:
+        k, why = next(iter(failed.items()))
+        raise UnphysicalForcesError(label, f"configuration {k}: {why}")
+    return rem
+
+
+def _remainder_and_failures(potential, reference: Atoms, displacements: np.ndarray, delta: float,
+                            label: str | None) -> tuple[np.ndarray, dict[int, str]]:
+    """:func:`anharmonic_remainder` from one batched evaluation, and {configuration: why} where the model's
+    forces at u or ±εu are not usable (NaN or over the model's limit; those rows of R are meaningless).
+    Unusable forces at the reference itself raise :class:`UnphysicalForcesError`."""
     u = np.asarray(displacements, dtype=float)
     if u.ndim != 3 or u.shape[1:] != (len(reference), 3):
         raise ValueError(f"displacements must have shape (n, {len(reference)}, 3), got {u.shape}")
     scale = np.linalg.norm(u, axis=2).max(axis=1)
     if np.any(scale <= 0):
         raise ValueError("a zero displacement has no direction for the linear part")
+    from tdphonon.potentials import validate_forces
     from tdphonon.validation.pipeline import displaced_atoms
 
     eps = (float(delta) / scale)[:, None, None]
-    labels = None if label is None else [label] * (3 * len(u) + 1)
-    f = potential.forces(displaced_atoms(reference, np.concatenate([u[:1] * 0, u, eps * u, -eps * u])), labels)
     n = len(u)
+    labels = None if label is None else [label] * (3 * n + 1)
+    energies, forces = potential.energies_and_forces(
+        displaced_atoms(reference, np.concatenate([u[:1] * 0, u, eps * u, -eps * u])), labels, validate=False)
+
+    def why(i: int) -> str | None:
+        try:
+            validate_forces(forces[i], energies[i], label or "structure", potential.max_force)
+        except UnphysicalForcesError as exc:
+            return exc.reason
+        return None
+
+    if (at_ref := why(0)) is not None:
+        raise UnphysicalForcesError(label, f"at the reference structure: {at_ref}")
+    failed: dict[int, str] = {}
+    for k in range(n):  # the configuration itself, then its +εu and −εu probes
+        reasons = [w for w in (why(1 + k), why(1 + n + k), why(1 + 2 * n + k)) if w is not None]
+        if reasons:
+            failed[k] = reasons[0]
+    f = np.stack(forces)
     f0, fu, fp, fm = f[0], f[1:n + 1], f[n + 1:2 * n + 1], f[2 * n + 1:]
-    return fu - f0[None] - (fp - fm) / (2 * eps)
+    return fu - f0[None] - (fp - fm) / (2 * eps), failed
 
 
 def _remainders_where_sane(potential, reference: Atoms, u: np.ndarray, delta: float, label: str, temperature: float,
@@ -356,22 +386,14 @@ def _remainders_where_sane(potential, reference: Atoms, u: np.ndarray, delta: fl
     garbage) is dropped with a warning in ``record``, configuration by configuration, rather than the
     whole set (whose harmonic data are still good). Returns (remainders, indices kept).
     """
-    try:
-        return anharmonic_remainder(potential, reference, u, delta, label=label), np.arange(len(u))
-    except TDPhononError:
-        pass
-    rem, kept, why = [], [], []
-    for k in range(len(u)):
-        try:
-            rem.append(anharmonic_remainder(potential, reference, u[k:k + 1], delta, label=label)[0])
-            kept.append(k)
-        except TDPhononError as exc:
-            why.append(f"#{k}: {exc.reason}")
-    record["warnings"].append(
-        f"thermal {temperature:g} K: {len(why)} of {len(u)} configurations dropped, the base model's forces "
-        f"are not usable as labels there ({'; '.join(why)})")
-    record.setdefault("thermal_dropped", {})[f"{temperature:g}K"] = len(why)
-    return (np.array(rem) if rem else np.zeros((0, *u.shape[1:]))), np.asarray(kept, dtype=int)
+    rem, failed = _remainder_and_failures(potential, reference, u, delta, label)
+    kept = np.array([k for k in range(len(u)) if k not in failed], dtype=int)
+    if failed:
+        record["warnings"].append(
+            f"thermal {temperature:g} K: {len(failed)} of {len(u)} configurations dropped, the base model's forces "
+            f"are not usable as labels there ({'; '.join(f'#{k}: {w}' for k, w in failed.items())})")
+        record.setdefault("thermal_dropped", {})[f"{temperature:g}K"] = len(failed)
+    return rem[kept], kept
 
 
 def _label_key(label: str) -> int:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tdphonon.finetune.dataset import DatasetSettings
     from tdphonon.finetune.train import FineTuneSettings
 
-__all__ = ["add_recipe_options", "dataset_settings", "finetune_settings", "prepare_dataset"]
+__all__ = ["add_recipe_options", "dataset_settings", "finetune_settings", "prepare_dataset", "split_labels"]
 
 
 def add_recipe_options(ap: argparse.ArgumentParser, *, epochs: int = 150, patience: int = 20,
@@ -112,10 +112,15 @@ def prepare_dataset(entries: list, settings: DatasetSettings, ds_dir: str | Path
     from tdphonon.finetune.dataset import build_dataset, write_dataset
     from tdphonon.finetune.flows import label_potential
 
-    ds_dir = Path(ds_dir)
-    mpath = ds_dir / "manifest.json"
-    if mpath.exists() and json.loads(mpath.read_text()).get("settings") == json.loads(json.dumps(settings.to_dict())):
-        return {**json.loads(mpath.read_text()), "reused": True}
+    mpath = Path(ds_dir) / "manifest.json"
+    old = json.loads(mpath.read_text()) if mpath.exists() else {}
+    if old.get("settings") == json.loads(json.dumps(settings.to_dict())):
+        return {**old, "reused": True}
     ds = build_dataset(list(entries), settings, label_potential(settings, base_model, device or "cpu"))
-    write_dataset(ds, ds_dir, overwrite=True)
+    write_dataset(ds, mpath.parent, overwrite=True)
     return json.loads(mpath.read_text())
+
+
+def split_labels(manifest: dict[str, Any], split: str) -> list[str]:
+    """The set labels of one split (``train``/``val``/``test``) of a data-set manifest (split by compound)."""
+    return sorted({lab for c in manifest.get("compounds", {}).values() if c["split"] == split for lab in c["labels"]})
