@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,9 @@ def main(argv=None) -> int:
         path = Path(args.candidate)
         result = json.loads(path.read_text())
         result["verdict"] = verdict(result)
-        (Path(args.out) if args.out else path).write_text(json.dumps(result, indent=1))
+        result["verdict_recomputed"] = (f"{time.strftime('%Y-%m-%d')} by --rejudge from the stored measurements "
+                                        f"(measured {result.get('date')}), with this script's current checks")
+        (Path(args.out) if args.out else path).write_text(json.dumps(result, indent=1) + "\n")
         print(json.dumps(result["verdict"], indent=1))
         return 0
     import warnings
