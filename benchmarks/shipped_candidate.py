@@ -58,8 +58,11 @@ def curves(c: dict) -> dict:
     import validation_SrTiO3 as val
 
     sc = c["self_consistent"]
-    return {"gamma_to1_thz": sc["gamma_to1_thz"], "r_soft_thz": sc["r_soft_thz"],
-            "one_shot_300K": val.at_300k(c["one_shot"])}
+    out = {"gamma_to1_thz": sc["gamma_to1_thz"], "r_soft_thz": sc["r_soft_thz"],
+           "one_shot_300K": val.at_300k(c["one_shot"])}
+    if "draws" in sc:  # widths of the sampled Gaussians (columns measured before 2026-12-06 lack them)
+        out["draws"] = sc["draws"]
+    return out
 
 
 def harmonic_only(potential, settings, val) -> dict:
@@ -253,6 +256,10 @@ def main(argv=None) -> int:
     for k, v in models.items():
         print(f"SrTiO3 {k}: harmonic Γ-TO1 {v['gamma_to1_thz']['harmonic']:.2f} R {v['r_soft_thz']['harmonic']:.2f}; "
               f"300 K {v['gamma_to1_thz']['300K']:.2f} / {v['r_soft_thz']['300K']:.2f} THz")
+    for k, v in srtio3.items():
+        if isinstance(v, dict) and "draws" in v:
+            print(f"SrTiO3 {k}: widest draw (rms Å per atom) per T: "
+                  + ", ".join(f"{t} {max(d['rms_displacement_A'] for d in its):.3f}" for t, its in v["draws"].items()))
     v = result["verdict"]
     print(f"verdict: may replace the shipped model: {v['may_replace_shipped']}; may become the default: "
           f"{v['may_become_default']}; failed checks: "

@@ -235,9 +235,21 @@ def run_columns(structure, potential, hs, n_configurations: int, drop_outliers: 
                                               if tr.temperature == 300.0),
                      "outliers_dropped": {f"{tr.temperature:g}K": len(tr.renormalization.outliers)
                                           for tr in res.temperatures if tr.renormalization.outliers},
+                     "draws": draw_history(res),
                      "converged_300K": next(tr.renormalization.converged for tr in res.temperatures
                                             if tr.temperature == 300.0)}
     return out
+
+
+def draw_history(res) -> dict:
+    """Per temperature, per iteration: the width of the Gaussian sampled (rms displacement per atom, Å),
+    the lowest frequency it was built from, how many of its modes the soft-mode policy set, and the
+    configurations dropped: what tells a broad draw (soft modes at the policy floor) from a model hole."""
+    return {f"{tr.temperature:g}K": [{"rms_displacement_A": h["rms_displacement"],
+                                      "min_frequency_in_thz": h["min_frequency_in_thz"],
+                                      "n_policy_modes_in": h["n_affected_in"], "n_dropped": h["n_dropped"]}
+                                     for h in tr.renormalization.history]
+            for tr in res.temperatures}
 
 
 def columns_or_failure(structure, potential, hs, n_configurations: int) -> tuple[dict | None, str | None, dict | None]:

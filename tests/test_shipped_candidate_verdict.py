@@ -139,3 +139,23 @@ def test_sets_are_compared_on_the_shipped_cards_sets(sc):
     assert not v["replace_checks"]["every_set_compared"] and not v["may_replace_shipped"]
     r["sets"] = both
     assert sc.verdict(r)["replace_checks"]["every_set_compared"]
+
+
+def test_draw_history_reports_the_width_of_every_sampled_gaussian(val, sc):
+    """The widths of the draws (what tells a broad draw from a model hole) reach the candidate's curves."""
+    from types import SimpleNamespace
+
+    def temperature(t, widths):
+        hist = [{"rms_displacement": w, "min_frequency_in_thz": 1.5, "n_affected_in": 2, "n_dropped": 2 * (k == 1)}
+                for k, w in enumerate(widths)]
+        return SimpleNamespace(temperature=t, renormalization=SimpleNamespace(history=tuple(hist)))
+
+    res = SimpleNamespace(temperatures=[temperature(300.0, [0.10, 0.12]), temperature(600.0, [0.15, 0.30, 0.20])])
+    draws = val.draw_history(res)
+    assert list(draws) == ["300K", "600K"] and [d["rms_displacement_A"] for d in draws["600K"]] == [0.15, 0.30, 0.20]
+    assert draws["600K"][1]["n_dropped"] == 2 and draws["300K"][0]["n_policy_modes_in"] == 2
+    c = {"self_consistent": {"gamma_to1_thz": {}, "r_soft_thz": {}, "draws": draws},
+         "one_shot": {"gamma_to1_thz": {"300K": 4.0}, "r_soft_thz": {"300K": 1.0}}}
+    assert sc.curves(c)["draws"] == draws
+    del c["self_consistent"]["draws"]  # columns measured before draws were recorded
+    assert "draws" not in sc.curves(c)
