@@ -31,12 +31,13 @@ def curve(harm, t100, t300, t600):
                                                                "600K": t600}}
 
 
-def result(candidate: dict, **extra) -> dict:
+def result(candidate: dict, converged: bool = True, **extra) -> dict:
     """A result as shipped_candidate writes it: DFT R harmonic −2.3, SCPH(300 K) +1.9 THz."""
     return {
         "sets": {"mean_candidate": 0.45, "mean_shipped": 0.50},
         "candidate": {"mae_thz_val": 0.7}, "shipped": {"mae_thz_val": 0.8},
         "srtio3": {"candidate": candidate, **extra,
+                   "candidate_run": None if "tdph_failed" in candidate else {"converged_300K": converged},
                    "tdphonon-m3gnet": curve(-5.0, -4.8, -4.6, -3.8),
                    "SevenNet-0": curve(-2.5, -1.1, 2.0, 2.8),
                    "dft_harmonic": {"r_soft_thz": -2.3}, "dft_scph_2x2x2_300K": {"r_soft": 1.9}},
@@ -54,6 +55,26 @@ def test_closer_to_shipped_than_sevennet_replaces_but_is_not_default(sc):
     assert v["may_replace_shipped"] and not v["may_become_default"]
     assert not v["default_checks"]["r_300K_near_dft_scph"]
     assert not v["default_checks"]["r_300K_as_close_as_sevennet"]
+
+
+def test_unconverged_300K_run_is_not_default(sc):
+    """R(300 K) of a self-consistent run that did not converge is one point of its oscillation."""
+    v = sc.verdict(result(curve(-2.4, -1.0, 1.95, 2.9), converged=False))
+    assert v["may_replace_shipped"] and not v["may_become_default"]
+    assert [k for k, ok in v["default_checks"].items() if not ok] == ["tdph_converged_300K"]
+
+
+def test_committed_shipped_result(sc):
+    """The shipped model (300 + 600 K recipe with the builder fix) replaces the previous one, but is not default."""
+    res = json.loads((RESULTS / "shipped_candidate_modes10_unstable30_thermal4_300_600K_base_16epochs_last_fixed.json")
+                     .read_text())
+    v = sc.verdict(copy.deepcopy(res))
+    assert v["may_replace_shipped"] and v["r_checks_judged_on"] == "self_consistent"
+    assert not v["may_become_default"]
+    assert {k for k, ok in v["default_checks"].items() if not ok} == {
+        "tdph_converged_300K", "r_300K_as_close_as_sevennet", "r_harmonic_as_close_as_sevennet"}
+    assert res["candidate"]["sha256"] == json.loads(
+        (ROOT / "src/tdphonon/data/models/tdphonon-m3gnet/model_card.json").read_text())["sha256"]
 
 
 def test_not_hardening_fails(sc):
