@@ -390,11 +390,20 @@ def ml_branch(args, model: str | None = None) -> dict:
         out["model_card"] = card
     elif spec == "tdphonon-m3gnet":
         c = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
-        kinds = (c.get("data") or {}).get("settings", {}).get("raw_kinds", [])
+        ds = (c.get("data") or {}).get("settings", {})
+        kinds = ds.get("raw_kinds", [])
+        extra = [f"{ds['n_modes']} mode-weighted" if ds.get("n_modes") else "",
+                 f"{ds['n_modes_unstable']} mode-weighted for sets with unstable modes" if ds.get("n_modes_unstable")
+                 else "",
+                 f"{ds.get('n_thermal')} thermal ({ds.get('thermal_labels', 'harmonic')} labels) at "
+                 f"{'/'.join(f'{t:g}' for t in ds['temperatures'])} K" if ds.get("temperatures") else ""]
+        extra = [e for e in extra if e]
         out["note"] = ("the project's shipped model: M3GNet-MP-2021.2.8-PES fine-tuned on all shared DFT harmonic "
-                       "sets, which include the harmonic set of these SrTiO3 data; raw DFT configurations of kinds "
-                       f"{kinds}" + (" (so also these large-amplitude ones)" if "md+random" in kinds
-                                     else " (not these large-amplitude ones)"))
+                       "sets, which include the harmonic set of these SrTiO3 data"
+                       + (f" ({', '.join(extra)} configurations per set besides the random ones)" if extra else "")
+                       + f"; raw DFT configurations of kinds {kinds}"
+                       + (" (so also these large-amplitude ones)" if "md+random" in kinds
+                          else " (not these large-amplitude ones)"))
         out["model_card"] = {k: c.get(k) for k in ("name", "sha256", "epochs_run", "best_epoch", "settings",
                                                     "force_mae_before", "force_mae_after", "evaluation")}
     else:

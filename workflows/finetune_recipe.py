@@ -8,6 +8,15 @@ The model is written where tdphonon looks for its shipped model (``--model tdpho
 model card (``model_card.json`` + ``README.md``) that states the data, the split, the training and
 the harmonic-phonon accuracy of the base and the fine-tuned model on every set.
 
+The shipped model (2026-12-07; 84 min on 2 CPU cores; its card's ``recipe.argv``) is::
+
+    python workflows/finetune_recipe.py --epochs 16 --n-modes 10 --n-modes-unstable 30 \
+        --thermal-temperatures 300 600 --n-thermal 4 --thermal-labels base_anharmonic \
+        --select phonon_mae --keep last --out src/tdphonon/data/models/tdphonon-m3gnet
+
+The defaults below are the earlier random-displacement recipe (the model shipped until 2026-12-06);
+docs/finetune.md ("The shipped model") has how each option was chosen and the candidates' verdicts.
+
 Steps (the same functions as `tdphonon finetune dataset|train|evaluate`):
 
 1. every set of ``../shared/reference`` whose supercell has at most ``--max-atoms`` atoms
@@ -15,7 +24,7 @@ Steps (the same functions as `tdphonon finetune dataset|train|evaluate`):
 2. ``--n-random`` configurations per set with random displacements of 0.01–0.05 Å and forces
    F = −Φu (the paper's recipe), plus up to ``--max-raw`` raw DFT configurations per set of the
    kinds ``--raw-kinds`` used as they are (default ``random``: the random-displacement sets of AlN,
-   NaCl ×3; the shipped model was trained so). The large-amplitude sets of SrTiO3 (40) and BaTiO3
+   NaCl ×3; both shipped models were trained so). The large-amplitude sets of SrTiO3 (40) and BaTiO3
    (80, capped at 40) are of kind ``md+random``. Adding them (``--raw-kinds random md+random``, 16 CPU
    epochs, 2026-11-21) did not help: validation selected epoch 3 of 16, the training-set phonon MAE
    rose from 0.49 to 0.69 THz, and on the SrTiO3 DFT cell R stays imaginary at 300 K (−1.29 THz, not
@@ -27,7 +36,7 @@ Steps (the same functions as `tdphonon finetune dataset|train|evaluate`):
    (the held-out accuracy of this recipe is measured by ``benchmarks/finetune.py``);
 4. force-MAE training from M3GNet-MP-2021.2.8-PES, Adam with cosine decay; the best epoch on
    the validation force MAE is kept (``--select phonon_mae``: on the validation sets' harmonic
-   frequency MAE against their DFT force constants instead; the shipped model used the force MAE;
+   frequency MAE against their DFT force constants instead; the first shipped model used the force MAE;
    ``--keep last`` writes the last epoch's weights instead of the selected ones, and re-exports a
    finished run of the same ``--work`` and arguments without training again: with two validation
    compounds, selection on either score picks epochs by noise, see docs/finetune.md);

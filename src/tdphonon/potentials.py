@@ -701,11 +701,12 @@ def _load_atomate2(name: str, device: str) -> ASEPotential:
     return ASEPotential(calc, ident, device)
 
 
-#: What ``default`` means. The shipped ``tdphonon-m3gnet`` (16 CPU epochs) is not the default yet: it
-#: cuts the harmonic error of the base M3GNet on its training sets 5x, but on the SrTiO3 validation case it
-#: misses the Γ ferroelectric instability (Γ-TO1 +3.6 THz vs −1.75 THz in PBEsol DFT) and doubles the
-#: R-point one, so TDPH keeps the R mode imaginary at 300 K (benchmarks/results/validation_SrTiO3.json);
-#: SevenNet-0 stays the default until a model passes that check.
+#: What ``default`` means. The shipped ``tdphonon-m3gnet`` (2026-12-07, 16 CPU epochs with mode-weighted and
+#: base-anharmonic 300/600 K data) is not the default yet. It cuts the harmonic error of the base M3GNet
+#: on its training sets 6x, and on the SrTiO3 validation case it opens both harmonic instabilities.
+#: But its self-consistent 300 K run does not converge, and SevenNet-0 is closer to DFT for the R mode,
+#: both harmonic and at 300 K (benchmarks/results/shipped_candidate_*_fixed.json, docs/finetune.md).
+#: Its recipe's held-out accuracy is unmeasured.
 DEFAULT_MODEL_SPEC = "sevennet-0"
 
 
