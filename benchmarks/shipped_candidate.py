@@ -262,7 +262,7 @@ def main(argv=None) -> int:
               f"300 K {v['gamma_to1_thz']['300K']:.2f} / {v['r_soft_thz']['300K']:.2f} THz")
     for k, v in srtio3.items():
         if isinstance(v, dict) and "draws" in v:
-            print(f"SrTiO3 {k}: widest draw (rms Å per atom) per T: "
+            print(f"SrTiO3 {k}: widest sampled Gaussian (rms Å per atom) per T: "
                   + ", ".join(f"{t} {max(d['rms_displacement_A'] for d in its):.3f}" for t, its in v["draws"].items()))
     v = result["verdict"]
     print(f"verdict: may replace the shipped model: {v['may_replace_shipped']}; may become the default: "
