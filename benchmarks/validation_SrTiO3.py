@@ -392,12 +392,14 @@ def ml_branch(args, model: str | None = None) -> dict:
         c = json.loads((SHIPPED_MODEL_DIR / "model_card.json").read_text())
         ds = (c.get("data") or {}).get("settings", {})
         kinds = ds.get("raw_kinds", [])
-        extra = [f"{ds['n_modes']} mode-weighted" if ds.get("n_modes") else "",
-                 f"{ds['n_modes_unstable']} mode-weighted for sets with unstable modes" if ds.get("n_modes_unstable")
-                 else "",
-                 f"{ds.get('n_thermal')} thermal ({ds.get('thermal_labels', 'harmonic')} labels) at "
-                 f"{'/'.join(f'{t:g}' for t in ds['temperatures'])} K" if ds.get("temperatures") else ""]
-        extra = [e for e in extra if e]
+        extra = []
+        if ds.get("n_modes"):
+            extra.append(f"{ds['n_modes']} mode-weighted")
+        if ds.get("n_modes_unstable"):
+            extra.append(f"{ds['n_modes_unstable']} mode-weighted for sets with unstable modes")
+        if ds.get("temperatures"):
+            extra.append(f"{ds.get('n_thermal')} thermal ({ds.get('thermal_labels', 'harmonic')} labels) at "
+                         f"{'/'.join(f'{t:g}' for t in ds['temperatures'])} K")
         out["note"] = ("the project's shipped model: M3GNet-MP-2021.2.8-PES fine-tuned on all shared DFT harmonic "
                        "sets, which include the harmonic set of these SrTiO3 data"
                        + (f" ({', '.join(extra)} configurations per set besides the random ones)" if extra else "")

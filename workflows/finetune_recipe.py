@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     comps = manifest.get("compounds", {})
     val_labels = split_labels(manifest, "val")
     used = {lab for c in comps.values() for lab in c["labels"]}
+    read = {e.label for e in rep.entries}
     refs = [_as_reference(e) for e in rep.entries if e.label in used]
     t0 = time.perf_counter()
     ev = evaluate_models({"base": base, "finetuned": str(model_dir)}, refs, val_labels, device=args.device or "cpu")
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                       "max_atoms": args.max_atoms, "skipped_sets": [s.to_dict() for s in rep.skipped],
                       # read, but dropped while the data were built (reason given): not in the per-set table
                       "dropped_from_data": [d for d in manifest.get("skipped", [])
-                                            if d.get("label") in {e.label for e in rep.entries}]}
+                                            if d.get("label") in read]}
     card["evaluation"] = {
         "what": "harmonic phonon frequencies on each set's DFT supercell, commensurate q-points; "
                 "validation compounds were not trained on",
