@@ -244,10 +244,12 @@ def run_columns(structure, potential, hs, n_configurations: int, drop_outliers: 
 def draw_history(res) -> dict:
     """Per temperature, per iteration: the width of the Gaussian sampled (rms displacement per atom, Å),
     the lowest frequency it was built from, how many of its modes the soft-mode policy set, and the
-    configurations dropped: what tells a broad draw (soft modes at the policy floor) from a model hole."""
+    configurations dropped: what tells a broad draw (soft modes at the policy floor) from a model hole; and
+    the iteration's residual (THz) and the mixing α of its step (None: the last iteration, or one-shot)."""
     return {f"{tr.temperature:g}K": [{"rms_displacement_A": h["rms_displacement"],
                                       "min_frequency_in_thz": h["min_frequency_in_thz"],
-                                      "n_policy_modes_in": h["n_affected_in"], "n_dropped": h["n_dropped"]}
+                                      "n_policy_modes_in": h["n_affected_in"], "n_dropped": h["n_dropped"],
+                                      "residual_thz": h["residual_thz"], "mixing": h.get("mixing")}
                                      for h in tr.renormalization.history]
             for tr in res.temperatures}
 

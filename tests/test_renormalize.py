@@ -233,6 +233,55 @@ def test_self_consistent_sample_reuse_reaches_fixed_point_with_less_noise(nacl, 
     assert r.force_calls <= out[False].force_calls * 1.5 or estimator == "hessian"
 
 
+def test_adaptive_mixing_converges_a_double_well_that_plain_mixing_cycles(nacl):
+    """A double well Φ⁰ = −Φ_NaCl stabilised by a strong on-site quartic term (λ = 100 eV/Å⁴).
+
+    Self-consistently ω² = ω₀² + 3λσ²(ω) with ω₀² < 0 and σ² ∝ 1/ω²: near the fixed point the map's
+    slope, −(ω² − ω₀²)/ω², is steeper than −3, so plain mixing with α = 0.5 (stable only for slopes
+    above −3) settles into a period-2 cycle. Halving α whenever the residual grows reaches the fixed
+    point, which is checked against a deterministic (noise-free) iteration with small α.
+    """
+    ph, proj, fc0 = nacl
+    t, lam, well = 300.0, 100.0, -fc0
+    policy = ModeAmplitudePolicy(kind="abs", threshold_thz=1.0)
+    pot = ForceConstantPotential(supercell_to_ase(ph.supercell), well, quartic=lam)
+    base = TDPHSettings(estimator="hessian", n_configurations=16, self_consistent=True, tol_thz=0.2,
+                        max_iterations=20, seed=3, reuse_samples=True, policy=policy,
+                        outlier_force_ratio=1e4, outlier_energy_per_atom=1e3)
+    ph_dw = phonopy_with_force_constants(ph, well)
+    out = {}
+    for adaptive in (False, True):
+        st = dataclasses.replace(base, adaptive_mixing=adaptive)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # imaginary harmonic modes; the plain run does not converge
+            out[adaptive] = renormalize(ph_dw, pot, [t], st, "NaCl-double-well", projector=proj)[0]
+    plain, adapt = out[False], out[True]
+    res = [h["residual_thz"] for h in plain.history]
+    assert not plain.converged and min(res[-6:]) > 2.0  # the cycle persists to the end
+    assert all(h["mixing"] == 0.5 for h in plain.history[:-1])
+    assert adapt.converged, [h["residual_thz"] for h in adapt.history]
+    h = adapt.history
+    alphas = [x["mixing"] for x in h if "mixing" in x]
+    assert alphas[0] == 0.5 and "step_ratio" not in h[0]
+    for k in range(1, len(alphas)):  # halved exactly after an overshoot: reversed update, growing residual
+        overshoot = h[k]["step_ratio"] < 0 and h[k]["residual_thz"] > h[k - 1]["residual_thz"]
+        assert alphas[k] == (max(alphas[k - 1] / 2, base.min_mixing) if overshoot else alphas[k - 1])
+    assert min(alphas) < 0.5 and min(x["step_ratio"] for x in h[1:]) < -0.5  # it met the period-2 overshoot
+    # the deterministic fixed point of Φ ↦ P(Φ⁰ + 3λ diag Σ(Φ))
+    fc = well.copy()
+    for _ in range(3000):
+        cov = thermal_covariance(normal_modes(ph.supercell, fc, ph.primitive), t, policy=policy)
+        new = proj.project(well + 3 * lam * matrix_to_fc(np.diag(np.diag(cov.matrix))))
+        if np.abs(new - fc).max() < 1e-9:
+            break
+        fc = 0.9 * fc + 0.1 * new
+    else:
+        raise AssertionError("deterministic double-well fixed point did not converge")
+    fp = _freqs(ph, new)
+    assert np.sort(fp.ravel())[3] > 1.0  # a real (stable) fixed point above the policy threshold
+    assert np.abs(adapt.frequencies - fp).max() <= 4 * np.nanmax(adapt.frequency_error) + base.tol_thz
+
+
 def test_pooled_weights_are_uniform_for_one_gaussian(nacl):
     from tdphonon.renormalize import _Ensemble, _Estimate, _pooled_estimate
 
@@ -433,6 +482,12 @@ def test_settings_digest_and_roundtrip():
         TDPHSettings(antithetic=True, n_configurations=3)
     with pytest.raises(ValueError):
         TDPHSettings(mixing=0.0)
+    with pytest.raises(ValueError):
+        TDPHSettings(mixing=0.3, min_mixing=0.4)
+    # the mixing schedule only matters self-consistently: one-shot digests do not see it
+    assert TDPHSettings(adaptive_mixing=False, min_mixing=0.1).digest() == a.digest()
+    sc = TDPHSettings(self_consistent=True)
+    assert dataclasses.replace(sc, adaptive_mixing=False).digest() != sc.digest()
 
 
 def test_lost_symmetry_is_detected(nacl):

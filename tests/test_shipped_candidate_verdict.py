@@ -167,7 +167,8 @@ def test_draw_history_reports_the_width_of_every_sampled_gaussian(val, sc):
     from types import SimpleNamespace
 
     def temperature(t, widths):
-        hist = [{"rms_displacement": w, "min_frequency_in_thz": 1.5, "n_affected_in": 2, "n_dropped": 2 * (k == 1)}
+        hist = [{"rms_displacement": w, "min_frequency_in_thz": 1.5, "n_affected_in": 2, "n_dropped": 2 * (k == 1),
+                 "residual_thz": 1.0 / (k + 1), **({"mixing": 0.5} if k < len(widths) - 1 else {})}
                 for k, w in enumerate(widths)]
         return SimpleNamespace(temperature=t, renormalization=SimpleNamespace(history=tuple(hist)))
 
@@ -175,6 +176,7 @@ def test_draw_history_reports_the_width_of_every_sampled_gaussian(val, sc):
     draws = val.draw_history(res)
     assert list(draws) == ["300K", "600K"] and [d["rms_displacement_A"] for d in draws["600K"]] == [0.15, 0.30, 0.20]
     assert draws["600K"][1]["n_dropped"] == 2 and draws["300K"][0]["n_policy_modes_in"] == 2
+    assert [d["mixing"] for d in draws["600K"]] == [0.5, 0.5, None] and draws["600K"][2]["residual_thz"] == 1 / 3
     c = {"self_consistent": {"gamma_to1_thz": {}, "r_soft_thz": {}, "draws": draws},
          "one_shot": {"gamma_to1_thz": {"300K": 4.0}, "r_soft_thz": {"300K": 1.0}}}
     assert sc.curves(c)["draws"] == draws

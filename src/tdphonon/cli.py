@@ -161,6 +161,9 @@ def run(
     classical: Annotated[bool, typer.Option(help="classical instead of quantum statistics")] = False,
     policy: PolicyOpt = "abs",
     mixing: Annotated[float, typer.Option(help="self-consistent mixing α")] = 0.5,
+    adaptive_mixing: Annotated[bool, typer.Option(
+        help="self-consistent: halve α after an overshoot (the update reversed and the residual grew; "
+             "damps the period-2 oscillation of steep soft modes)")] = True,
     max_iterations: Annotated[int, typer.Option(help="self-consistent iterations at most")] = 20,
     tol: Annotated[float, typer.Option(help="self-consistency tolerance on frequencies (THz)")] = 0.05,
     seed: SeedOpt = 0,
@@ -191,8 +194,8 @@ def run(
                               max_atoms=max_atoms, displacement=displacement)
         ts = _tdph_settings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
                             sampling=sampling, quantum=not classical, policy=policy, mixing=mixing,
-                            max_iterations=max_iterations, tol_thz=tol, seed=seed, n_seeds_for_error=n_seeds,
-                            reuse_samples=reuse_samples)
+                            adaptive_mixing=adaptive_mixing, max_iterations=max_iterations, tol_thz=tol,
+                            seed=seed, n_seeds_for_error=n_seeds, reuse_samples=reuse_samples)
         spec = resolve_model_spec(model)
         label = Path(structure).stem
         struct = load_structure(structure, label)

@@ -32,9 +32,14 @@ one-shot (the paper)
     Σ from the symmetrised harmonic Φ⁰, one round: Φ(T) = ⟨H⟩_{Σ(Φ⁰)}.
 self-consistent (SCHA)
     Φ_{k+1} = (1 − α) Φ_k + α ⟨H⟩_{Σ(Φ_k)}, α = ``mixing`` (default 0.5: the simplest damping that
-    stops the period-2 oscillation of soft modes; for slopes ≈ −2.5 of the map, as the SrTiO3 R mode,
-    use α ≈ 0.3). Converged when the commensurate-q frequencies of ⟨H⟩_{Σ(Φ_k)} and Φ_k differ by
-    less than ``tol_thz`` (the undamped fixed-point residual); then Φ(T) = ⟨H⟩_{Σ(Φ_k)}. A list of
+    stops the period-2 oscillation of soft modes). A soft mode whose ω² is raised by a large
+    anharmonic term makes the map steep: near the fixed point its slope is about −λσ²/ω² (σ² ∝ 1/ω²
+    classically), and linear mixing converges only for α < 2/(1 − slope). With ``adaptive_mixing``
+    (default) α is therefore halved, down to ``min_mixing``, after an overshoot: the undamped update
+    ⟨H⟩ − Φ reversed its direction and the residual grew. The α of every step and the ratio of
+    successive updates are recorded in the history (``mixing``, ``step_ratio``). Converged when the
+    commensurate-q frequencies of ⟨H⟩_{Σ(Φ_k)} and Φ_k differ by less than ``tol_thz`` (the
+    undamped fixed-point residual); then Φ(T) = ⟨H⟩_{Σ(Φ_k)}. A list of
     temperatures is scanned from high to low, each starting from the previous result (warm start).
     Sampling noise sets a floor to the residual: ``tol_thz`` must exceed the frequency noise of one
     estimate (reported in the history).
@@ -141,6 +146,11 @@ class TDPHSettings:
         :class:`~tdphonon.sampling.ModeAmplitudePolicy` for imaginary / near-zero modes.
     self_consistent, mixing, tol_thz, max_iterations
         SCHA iteration (see module docstring). ``tol_thz`` is on commensurate-q frequencies.
+    adaptive_mixing, min_mixing
+        Self-consistent runs only: halve α (not below ``min_mixing``) after an overshoot (the
+        update reversed and the residual grew), which damps the period-2 oscillation of steep soft
+        modes (module docstring). ``adaptive_mixing=False`` keeps α = ``mixing`` throughout
+        (plain linear mixing).
     seed
         Base seed; per-temperature, per-iteration seeds are derived from it.
     n_seeds_for_error
@@ -188,6 +198,8 @@ class TDPHSettings:
     policy: ModeAmplitudePolicy = field(default_factory=ModeAmplitudePolicy)
     self_consistent: bool = False
     mixing: float = 0.5
+    adaptive_mixing: bool = True
+    min_mixing: float = 0.05
     tol_thz: float = 0.05
     max_iterations: int = 20
     seed: int = 0
@@ -229,6 +241,8 @@ class TDPHSettings:
             raise ValueError("n_configurations must be ≥ 1 (and even with antithetic pairs)")
         if not 0.0 < self.mixing <= 1.0:
             raise ValueError("mixing must be in (0, 1]")
+        if not 0.0 < self.min_mixing <= self.mixing:
+            raise ValueError("min_mixing must be in (0, mixing]")
         if self.max_iterations < 1 or self.tol_thz <= 0:
             raise ValueError("max_iterations must be ≥ 1 and tol_thz > 0")
         if self.n_seeds_for_error < 1 or self.n_blocks_for_error < 1:
@@ -251,11 +265,15 @@ class TDPHSettings:
         """sha256 of the sorted-key JSON of :meth:`to_dict` (stable across runs and processes).
 
         The ``quartic_*`` options enter only with ``estimator='quartic_fit'`` (the only estimator
-        they affect), so digests of the other estimators are those of earlier versions.
+        they affect), so digests of the other estimators are those of earlier versions; likewise
+        ``adaptive_mixing``/``min_mixing`` enter only self-consistent digests (one-shot digests are
+        unchanged).
         """
         d = self.to_dict()
         if self.estimator != "quartic_fit":
             d = {k: v for k, v in d.items() if not k.startswith("quartic_")}
+        if not self.self_consistent:
+            d = {k: v for k, v in d.items() if k not in ("adaptive_mixing", "min_mixing")}
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -444,6 +462,12 @@ class _Context:
             self._quartic_fitter = QuarticFitter(self.phonon, self.projector, quartic_shells=s.quartic_shells,
                                                  acoustic_sum_rules=s.quartic_acoustic_sum_rules)
         return self._quartic_fitter
+
+    @property
+    def mass_weight(self) -> np.ndarray:
+        """√(m_i m_j) (amu) in the (N, N, 1, 1) layout of the force constants."""
+        m = np.asarray(self.phonon.supercell.masses, dtype=float)
+        return np.sqrt(np.outer(m, m))[:, :, None, None]
 
     def quartic_estimate(self, u: np.ndarray, f: np.ndarray, covariance: np.ndarray,
                          weights: np.ndarray | None = None):
@@ -836,6 +860,7 @@ def renormalize_temperature(
     cov = None
     reuse = s.reuse_samples and s.self_consistent
     pool: list[_Ensemble] = []
+    alpha, prev_step = s.mixing, None
     for it in range(n_iter):
         modes = modes0 if fc_in is ctx.fc0 else normal_modes(sc, fc_in, prim, method=s.mode_method)
         cov = thermal_covariance(modes, temperature, s.quantum, s.policy)
@@ -878,7 +903,16 @@ def renormalize_temperature(
         if it < n_iter - 1:
             # quartic_fit: jump to the fixed point of the fitted model (no force calls) when it has one
             jump = _model_fixed_point(ctx, est.model, fc_in, temperature, history[-1]) if est.model else None
-            fc_in = jump if jump is not None else (1.0 - s.mixing) * fc_in + s.mixing * est.fc
+            if jump is not None:
+                fc_in = jump
+            else:
+                step = ((est.fc - fc_in) / ctx.mass_weight).ravel()  # the undamped update
+                if s.adaptive_mixing and prev_step is not None:
+                    alpha, history[-1]["step_ratio"] = _adapt_mixing(alpha, step, prev_step, residual,
+                                                                     history[-2]["residual_thz"], s)
+                history[-1]["mixing"] = alpha
+                prev_step = step
+                fc_in = (1.0 - alpha) * fc_in + alpha * est.fc
     assert est is not None and cur is not None and cov is not None
     if s.self_consistent and not converged:
         warnings.warn(f"[{label}] self-consistent renormalisation at T={temperature:g} K did not converge in "
@@ -986,6 +1020,25 @@ def renormalize_temperature(
         converged=converged, history=tuple(history), force_calls=force_calls, hessian_calls=hessian_calls,
         seeds=tuple(seeds), settings=settings_d, timings=tim, errors=errors,
         metrics=metrics, mode_report=mode_report, outliers=tuple(dropped_all), symmetry=sym)
+
+
+def _adapt_mixing(alpha: float, step: np.ndarray, prev_step: np.ndarray, residual: float, prev_residual: float,
+                  s: TDPHSettings) -> tuple[float, float]:
+    """The next mixing α of a self-consistent run (``adaptive_mixing``) and the step ratio ρ.
+
+    ``step`` and ``prev_step`` are the undamped updates d_k = ⟨H⟩_{Σ(Φ_k)} − Φ_k (mass-weighted
+    force constants) of this and the previous iteration; ρ = ⟨d_k, d_{k−1}⟩/|d_{k−1}|². For a map of
+    slope g along d, mixing with α gives d_k ≈ (1 − α(1 − g)) d_{k−1}: an update that reversed (ρ < 0)
+    while the residual grew is the period-2 overshoot of a slope g < 1 − 2/α, and α is halved (not
+    below ``min_mixing``). Both conditions are required so that the sampling noise near the fixed
+    point, which flips one of them at random, rarely slows a converging run; α is never raised again
+    (within one temperature).
+    """
+    norm2 = float(prev_step @ prev_step)
+    rho = float(step @ prev_step) / norm2 if norm2 > 0 else 0.0
+    if rho < 0.0 and residual > prev_residual:
+        alpha = max(0.5 * alpha, s.min_mixing)
+    return alpha, rho
 
 
 def _model_fixed_point(ctx: _Context, model, fc_in: np.ndarray, temperature: float,
