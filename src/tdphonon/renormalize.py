@@ -69,6 +69,7 @@ is recorded and warned about (or raises :class:`~tdphonon.errors.RelaxationError
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -463,7 +464,7 @@ class _Context:
                                                  acoustic_sum_rules=s.quartic_acoustic_sum_rules)
         return self._quartic_fitter
 
-    @property
+    @functools.cached_property
     def mass_weight(self) -> np.ndarray:
         """√(m_i m_j) (amu) in the (N, N, 1, 1) layout of the force constants."""
         m = np.asarray(self.phonon.supercell.masses, dtype=float)
@@ -906,12 +907,13 @@ def renormalize_temperature(
             if jump is not None:
                 fc_in = jump
             else:
-                step = ((est.fc - fc_in) / ctx.mass_weight).ravel()  # the undamped update
-                if s.adaptive_mixing and prev_step is not None:
-                    alpha, history[-1]["step_ratio"] = _adapt_mixing(alpha, step, prev_step, residual,
-                                                                     history[-2]["residual_thz"], s)
+                if s.adaptive_mixing:
+                    step = ((est.fc - fc_in) / ctx.mass_weight).ravel()  # the undamped update
+                    if prev_step is not None:
+                        alpha, history[-1]["step_ratio"] = _adapt_mixing(alpha, step, prev_step, residual,
+                                                                         history[-2]["residual_thz"], s)
+                    prev_step = step
                 history[-1]["mixing"] = alpha
-                prev_step = step
                 fc_in = (1.0 - alpha) * fc_in + alpha * est.fc
     assert est is not None and cur is not None and cov is not None
     if s.self_consistent and not converged:
