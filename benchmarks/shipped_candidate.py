@@ -14,8 +14,8 @@ decides whether the shipped model may be replaced, and whether it may become the
    next to the shipped model's, SevenNet-0's and the DFT columns of ``validation_SrTiO3.json``.
 
 3. a verdict (:func:`verdict`, explicit checks): may the candidate replace the shipped model (no worse
-   on any of the above), may it become the default (its 300 K run converged, the SrTiO3 R soft mode
-   within 1 THz of DFT, harmonic and at 300 K, and as close as SevenNet-0's)?
+   on any of the above), may it become the default (its 300 K run converged to a real fixed point, the
+   SrTiO3 R soft mode within 1 THz of DFT, harmonic and at 300 K, and as close as SevenNet-0's)?
 
     python benchmarks/shipped_candidate.py CANDIDATE_DIR [--name NAME] [--out JSON]
     python benchmarks/shipped_candidate.py --rejudge RESULT_JSON      # the verdict of an earlier result
@@ -128,10 +128,11 @@ def verdict(result: dict) -> dict:
     the outliers dropped (``r_checks_judged_on``: ``"outliers_dropped"``), so each check keeps its own
     meaning; with no R(T) at all they fail (``None``).
     Becoming the default (an absolute question) needs in addition ``default_checks``: the self-consistent
-    300 K run converged (SevenNet-0's does), R at 300 K within ``R_300K_TOL_THZ`` and the harmonic R within
-    ``R_HARMONIC_TOL_THZ`` of DFT, and both at least as close as SevenNet-0's. The held-out accuracy is not
-    measured here (``benchmarks/finetune.py`` measures it for the recipe): it stays a separate condition for
-    the default.
+    300 K run converged (SevenNet-0's does) to a real Φ(T) (not to an imaginary fixed point of the |ν|
+    policy; results written before that flag existed pass this check), R at 300 K within
+    ``R_300K_TOL_THZ`` and the harmonic R within ``R_HARMONIC_TOL_THZ`` of DFT, and both at least as close
+    as SevenNet-0's. The held-out accuracy is not measured here (``benchmarks/finetune.py`` measures it
+    for the recipe): it stays a separate condition for the default.
     """
     s, st = result["sets"], result["srtio3"]
     r, shipped = st["candidate"]["r_soft_thz"], st["tdphonon-m3gnet"]["r_soft_thz"]
@@ -166,6 +167,8 @@ def verdict(result: dict) -> dict:
     default = {
         # an R(300 K) read off an iteration that did not converge can sit anywhere in its oscillation
         "tdph_converged_300K": bool(run.get("converged_300K")),
+        # ... and converged to a real Φ(T): an imaginary fixed point belongs to the |ν| policy, not to SCHA
+        "tdph_300K_fixed_point_real": not run.get("imaginary_fixed_point_300K"),
         "r_300K_near_dft_scph": ran and err_300(r) <= R_300K_TOL_THZ,
         "r_harmonic_near_dft": err_harm(r) <= R_HARMONIC_TOL_THZ,
     }
@@ -235,7 +238,8 @@ def main(argv=None) -> int:
         "dft_scph_2x2x2_300K": committed["engine_check_thz_300K"]["scph_commensurate"],
         "dft_scph_8x8x8_300K": committed["dft_scph_thz_300K"],
         "candidate_run": {k: col["self_consistent"][k] for k in ("force_calls_300K", "converged_300K", "seconds",
-                                                                   "settings_digest")} if col else None,
+                                                                   "settings_digest", "imaginary_fixed_point_300K")
+                          if k in col["self_consistent"]} if col else None,
     }
     result = {"description": __doc__.strip().splitlines()[0], "candidate": card_summary(cand_card),
               "shipped": card_summary(ship_card),

@@ -237,7 +237,11 @@ def run_columns(structure, potential, hs, n_configurations: int, drop_outliers: 
                                           for tr in res.temperatures if tr.renormalization.outliers},
                      "draws": draw_history(res),
                      "converged_300K": next(tr.renormalization.converged for tr in res.temperatures
-                                            if tr.temperature == 300.0)}
+                                            if tr.temperature == 300.0),
+                     # converged to a Φ(T) with imaginary modes: a fixed point of the |ν| policy, not of SCHA
+                     "imaginary_fixed_point_300K": next(
+                         tr.renormalization.mode_report.get("imaginary_fixed_point") for tr in res.temperatures
+                         if tr.temperature == 300.0)}
     return out
 
 

@@ -39,6 +39,7 @@ def test_run_on_dft_harmonic_potential_gives_no_shift(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [t["temperature"] for t in summary["temperatures"]] == [300.0, 600.0]
     assert not any(t["mode_report"]["policy_dependent"] for t in summary["temperatures"])
+    assert all(t["converged"] is None and t["imaginary_fixed_point"] is None for t in summary["temperatures"])
     for t in summary["temperatures"]:
         assert t["r_onsite_max"] < 1e-8 and t["r_full"] < 1e-8
         assert abs(t["frequency_shift"]) < 1e-8
@@ -68,6 +69,7 @@ def test_run_quartic_fit_estimator_from_the_cli(tmp_path):
     assert summary["tdph_settings"]["estimator"] == "quartic_fit"
     t = summary["temperatures"][0]
     assert t["r_full"] < 1e-8 and abs(t["frequency_shift"]) < 1e-8
+    assert t["converged"] is True and t["imaginary_fixed_point"] is False  # a real (stable) fixed point
     p0 = phonopy.load(str(out / "phonopy_0K.yaml"), log_level=0)
     p3 = phonopy.load(str(out / "phonopy_300K.yaml"), log_level=0)
     np.testing.assert_allclose(p3.force_constants, p0.force_constants, atol=1e-8)

@@ -472,6 +472,31 @@ def test_result_says_when_the_soft_mode_policy_shaped_it(nacl):
     assert r.mode_report["policy_dependent"] is True and r.mode_report["final"]["n_affected"] > 0
 
 
+def test_converged_imaginary_fixed_point_is_flagged(nacl):
+    """A harmonic potential Φ = −Φ_NaCl: ⟨H⟩ = Φ for any Σ, so the self-consistent loop "converges" at
+    once, but every optical mode is imaginary and Σ exists only through the |ν| policy — not a SCHA
+    solution. ``converged`` stays the numerical statement; ``imaginary_fixed_point`` says what it is."""
+    ph, proj, fc0 = nacl
+    unstable = -fc0
+    ph_u = phonopy_with_force_constants(ph, unstable)
+    st = TDPHSettings(estimator="hessian", n_configurations=4, seed=2, self_consistent=True, tol_thz=0.05,
+                      max_iterations=4, policy=ModeAmplitudePolicy(kind="abs", threshold_thz=0.5),
+                      outlier_force_ratio=1e4, outlier_energy_per_atom=1e3)
+    with pytest.warns(UserWarning, match="not a SCHA solution"):
+        r = renormalize(ph_u, _pot(ph, unstable), [300.0], st, "NaCl-inverted", projector=proj)[0]
+    assert r.converged is True and r.n_iterations == 1
+    assert r.mode_report["imaginary_fixed_point"] is True and r.mode_report["final"]["n_imaginary"] > 0
+    assert np.min(r.frequencies) < -1.0
+    # a stable harmonic crystal converges to a real fixed point; one-shot runs do not say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not a SCHA solution" warning
+        ok = renormalize(ph, _pot(ph, fc0), [300.0], st, "NaCl", projector=proj)[0]
+    assert ok.converged is True and ok.mode_report["imaginary_fixed_point"] is False
+    one = renormalize(ph, _pot(ph, fc0), [300.0], dataclasses.replace(st, self_consistent=False), "NaCl",
+                      projector=proj)[0]
+    assert one.converged is None and one.mode_report["imaginary_fixed_point"] is None
+
+
 def test_settings_digest_and_roundtrip():
     a = TDPHSettings()
     b = TDPHSettings.from_dict(json.loads(json.dumps(a.to_dict())))

@@ -31,13 +31,14 @@ def curve(harm, t100, t300, t600):
                                                                "600K": t600}}
 
 
-def result(candidate: dict, converged: bool = True, **extra) -> dict:
+def result(candidate: dict, converged: bool = True, imaginary: bool | None = False, **extra) -> dict:
     """A result as shipped_candidate writes it: DFT R harmonic −2.3, SCPH(300 K) +1.9 THz."""
     return {
         "sets": {"mean_candidate": 0.45, "mean_shipped": 0.50},
         "candidate": {"mae_thz_val": 0.7}, "shipped": {"mae_thz_val": 0.8},
         "srtio3": {"candidate": candidate, **extra,
-                   "candidate_run": None if "tdph_failed" in candidate else {"converged_300K": converged},
+                   "candidate_run": None if "tdph_failed" in candidate else {
+                       "converged_300K": converged, "imaginary_fixed_point_300K": imaginary},
                    "tdphonon-m3gnet": curve(-5.0, -4.8, -4.6, -3.8),
                    "SevenNet-0": curve(-2.5, -1.1, 2.0, 2.8),
                    "dft_harmonic": {"r_soft_thz": -2.3}, "dft_scph_2x2x2_300K": {"r_soft": 1.9}},
@@ -62,6 +63,13 @@ def test_unconverged_300K_run_is_not_default(sc):
     v = sc.verdict(result(curve(-2.4, -1.0, 1.95, 2.9), converged=False))
     assert v["may_replace_shipped"] and not v["may_become_default"]
     assert [k for k, ok in v["default_checks"].items() if not ok] == ["tdph_converged_300K"]
+
+
+def test_imaginary_fixed_point_at_300K_is_not_default(sc):
+    """A run that converged to an imaginary R (the |ν| policy's fixed point) is not a SCHA result."""
+    v = sc.verdict(result(curve(-2.4, -1.0, 1.95, 2.9), imaginary=True))
+    assert [k for k, ok in v["default_checks"].items() if not ok] == ["tdph_300K_fixed_point_real"]
+    assert not v["may_become_default"]
 
 
 def test_committed_shipped_result(sc):

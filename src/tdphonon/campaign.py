@@ -463,6 +463,7 @@ def rows(docs: Sequence[dict], temperature: float | None = None) -> list[dict]:
                         "model": d["model"]["name"], "temperature": t["temperature"], "r_full": t["r_full"],
                         "r_onsite_max": t["r_onsite_max"], "frequency_shift": t["frequency_shift"],
                         "min_frequency_thz": t.get("min_frequency_thz"), "converged": t.get("converged"),
+                        "imaginary_fixed_point": t.get("imaginary_fixed_point"),
                         "n_atoms_supercell": d["n_atoms_supercell"]})
     return out
 

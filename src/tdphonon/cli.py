@@ -222,7 +222,11 @@ def run(
                       f"{_num(t['r_onsite_max'])}, frequency shift {_num(t['frequency_shift'])}, "
                       f"force calls {t['force_calls']}, Hessians {t['hessian_calls']}")
         mr = t.get("mode_report") or {}
-        if mr.get("policy_dependent"):
+        if t.get("imaginary_fixed_point"):
+            console.print(f"  [red]warning[/]: converged to a Φ(T) with imaginary modes (lowest "
+                          f"{_num(t.get('min_frequency_thz'))} THz): a fixed point of the '{ts.policy.kind}' "
+                          "policy, not a SCHA solution")
+        elif mr.get("policy_dependent"):
             fin = mr.get("final", {})
             console.print(f"  [yellow]note[/]: {fin.get('n_affected')} mode(s) ({fin.get('n_imaginary')} imaginary) "
                           f"were set by the '{ts.policy.kind}' policy in the final covariance: this result depends "

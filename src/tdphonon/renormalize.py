@@ -325,7 +325,10 @@ class RenormalizationResult:
     mode_report
         Imaginary / soft modes of the harmonic model (and of the final Σ); ``policy_dependent``: the
         final Σ had modes set by the imaginary / near-zero policy (a warning says so), so Φ(T) — and
-        near an instability the self-consistent fixed point itself — depends on that policy.
+        near an instability the self-consistent fixed point itself — depends on that policy;
+        ``imaginary_fixed_point`` (self-consistent runs; ``None`` one-shot): the run converged to a Φ(T)
+        that still has imaginary modes. Σ of such modes exists only through the policy (|ν| or a floor),
+        so it is not a SCHA solution: read ``converged`` together with this flag.
     outliers
         Dropped configurations (empty unless ``drop_outliers``).
     symmetry
@@ -1007,7 +1010,16 @@ def renormalize_temperature(
     mode_report = {"harmonic": report0.to_dict(), "final": cov.report.to_dict(),
                    # modes of the Φ that the final Σ was built from were treated by the policy: Φ(T)
                    # (and, self-consistently, which fixed point is reached) depends on that choice
-                   "policy_dependent": bool(cov.report.n_affected > 0)}
+                   "policy_dependent": bool(cov.report.n_affected > 0),
+                   # a converged self-consistent Φ(T) with imaginary modes cannot be a SCHA solution (its Σ
+                   # needs real frequencies): it is a fixed point of the policy that sampled them with |ν|
+                   "imaginary_fixed_point": (bool(converged and cov.report.n_imaginary > 0)
+                                             if s.self_consistent else None)}
+    if mode_report["imaginary_fixed_point"]:
+        warnings.warn(f"[{label}] the self-consistent Φ({temperature:g} K) converged with {cov.report.n_imaginary} "
+                      f"imaginary mode(s) (lowest {cov.report.min_frequency_thz:.3g} THz): a fixed point of the "
+                      f"'{s.policy.kind}' policy, not a SCHA solution; the structure is dynamically unstable "
+                      "in this model at this temperature, or the loop needs another start", stacklevel=2)
     if mode_report["policy_dependent"]:
         warnings.warn(f"[{label}] Φ({temperature:g} K) was estimated from a covariance in which "
                       f"{cov.report.n_affected} mode(s) ({cov.report.n_imaginary} imaginary) were set by the "

@@ -46,6 +46,9 @@ class TemperatureDoc(BaseModel):
     frequency_shift_error: float | None = None
     anharmonicity: float | None = Field(None, description="σᴬ from the same samples")
     converged: bool | None = Field(None, description="self-consistent runs only")
+    imaginary_fixed_point: bool | None = Field(
+        None, description="self-consistent runs only: converged, but Φ(T) still has imaginary modes (a fixed point "
+                          "of the imaginary-mode policy, not a SCHA solution)")
     n_iterations: int = 1
     force_calls: int = 0
     hessian_calls: int = 0

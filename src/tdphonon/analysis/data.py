@@ -82,7 +82,8 @@ def material_frame(docs: Sequence[Mapping[str, Any]], temperature: float | None 
     Columns: formula, reduced_formula, elements, nelements, nsites, spacegroup_symbol,
     spacegroup_number, crystal_system, temperature, r_full (+ _error), r_onsite_max (+ _error),
     frequency_shift (+ _error), anharmonicity, min_frequency_thz, harmonic_min_frequency_thz,
-    n_imaginary_harmonic, converged, model, model_sha256, n_atoms_supercell, campaign, dedup_key,
+    n_imaginary_harmonic, converged, imaginary_fixed_point (self-consistent: converged to a Φ(T) with
+    imaginary modes, not a SCHA solution), model, model_sha256, n_atoms_supercell, campaign, dedup_key,
     structure (pymatgen Structure). Materials without that temperature are left out.
     """
     temp = pick_temperature(docs, temperature)
@@ -100,7 +101,7 @@ def material_frame(docs: Sequence[Mapping[str, Any]], temperature: float | None 
             "anharmonicity": t.get("anharmonicity"), "min_frequency_thz": t.get("min_frequency_thz"),
             "harmonic_min_frequency_thz": (h.get("imaginary") or {}).get("min_frequency"),
             "n_imaginary_harmonic": (h.get("imaginary") or {}).get("n_imaginary_commensurate"),
-            "converged": t.get("converged"),
+            "converged": t.get("converged"), "imaginary_fixed_point": t.get("imaginary_fixed_point"),
             "model": d["model"].get("name"), "model_sha256": d["model_sha256"],
             "n_atoms_supercell": d["n_atoms_supercell"], "campaign": d.get("campaign"),
             "dedup_key": d["dedup_key"], "structure": s,
