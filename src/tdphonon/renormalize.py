@@ -1018,8 +1018,10 @@ def renormalize_temperature(
     if mode_report["imaginary_fixed_point"]:
         warnings.warn(f"[{label}] the self-consistent Φ({temperature:g} K) converged with {cov.report.n_imaginary} "
                       f"imaginary mode(s) (lowest {cov.report.min_frequency_thz:.3g} THz): a fixed point of the "
-                      f"'{s.policy.kind}' policy, not a SCHA solution; the structure is dynamically unstable "
-                      "in this model at this temperature, or the loop needs another start", stacklevel=2)
+                      f"'{s.policy.kind}' policy, not a SCHA solution: either the model has no stable SCHA state "
+                      "at this temperature, or its self-consistent frequencies lie below the policy threshold "
+                      f"({s.policy.threshold_thz:g} THz), where Σ no longer follows them (a lower threshold can "
+                      "tell)", stacklevel=2)
     if mode_report["policy_dependent"]:
         warnings.warn(f"[{label}] Φ({temperature:g} K) was estimated from a covariance in which "
                       f"{cov.report.n_affected} mode(s) ({cov.report.n_imaginary} imaginary) were set by the "
