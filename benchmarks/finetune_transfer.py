@@ -9,8 +9,8 @@ against ``benchmarks/results/finetune.json``) and measures, with the same DFT se
   :func:`tdphonon.finetune.train.interpolate_weights`) on held-out, validation and training compounds;
   α is *selected on the validation compounds* (the held-out ones are only reported);
 * module-wise swaps (fine-tuned weights with one part of the network reset to the base, or only the
-  read-out fine-tuned) on held-out and validation compounds: which part of the network carries a
-  compound's gain or loss.
+  read-out fine-tuned) on held-out and validation compounds (with ``--srtio3`` also on the training
+  compounds): which part of the network carries a compound's gain or loss.
 
 With ``--srtio3`` each α also runs the SrTiO3 validation case (one-shot and self-consistent TDPH on the
 DFT cell, the settings and columns of ``benchmarks/validation_SrTiO3.py``): how much of the base model's
@@ -163,12 +163,16 @@ def main(argv=None) -> int:
     }
     if args.srtio3:
         result["srtio3"] = _srtio3_reference()
-    sub = [refs[n] for n in held + val if n in refs]
+    # with --srtio3 the swaps are also judged on the training sets: what each part costs or keeps
+    sub = list(refs.values()) if args.srtio3 else [refs[n] for n in held + val if n in refs]
     swaps = {}
     for name, kw in ({} if args.no_swaps else SWAPS).items():
         d = interpolate_weights(base, model, tmp / name, alpha=1.0, **kw)
         ev = evaluate_models({"m": str(d)}, sub, held)
-        swaps[name] = {**kw, **{k: v for k, v in _summary(ev["models"]["m"], val).items() if k != "mae_thz_train"}}
+        swaps[name] = {**kw, **{k: v for k, v in _summary(ev["models"]["m"], val).items()
+                                if k != "mae_thz_train" or args.srtio3}}
+        if args.srtio3:
+            swaps[name]["srtio3"] = _srtio3(d, args.n_configurations)
         print(f"{name}: held-out {swaps[name]['mae_thz_heldout']:.3f}, val {swaps[name]['mae_thz_val']:.3f}",
               flush=True)
     if swaps:
