@@ -63,10 +63,10 @@ def test_run_quartic_fit_estimator_from_the_cli(tmp_path):
     out = tmp_path / "out"
     res = runner.invoke(app, ["run", str(poscar), "-T", "300", "--model", f"harmonic:{params}", "--no-relax",
                               "--supercell", "2 2 2", "--estimator", "quartic_fit", "--self-consistent",
-                              "--n-configurations", "4", "--out", str(out)])
+                              "--noise-tol", "3", "--n-configurations", "4", "--out", str(out)])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["tdph_settings"]["estimator"] == "quartic_fit"
+    assert summary["tdph_settings"]["estimator"] == "quartic_fit" and summary["tdph_settings"]["noise_tol"] == 3.0
     t = summary["temperatures"][0]
     assert t["r_full"] < 1e-8 and abs(t["frequency_shift"]) < 1e-8
     assert t["converged"] is True and t["imaginary_fixed_point"] is False  # a real (stable) fixed point

@@ -233,6 +233,41 @@ def test_self_consistent_sample_reuse_reaches_fixed_point_with_less_noise(nacl, 
     assert r.force_calls <= out[False].force_calls * 1.5 or estimator == "hessian"
 
 
+@pytest.mark.parametrize("reuse", [False, True])
+def test_noise_tol_stops_at_the_noise_floor_on_the_fixed_point(nacl, reuse):
+    """A tolerance far below the sampling noise (1e-4 THz with 16 configurations) is never met; with
+    ``noise_tol`` the run stops once every mode's residual is within noise_tol of its standard errors,
+    and what it returns is the deterministic fixed point within its error bar (not the one-shot value)."""
+    ph, proj, fc0 = nacl
+    t = 600.0
+    pot = _pot(ph, fc0, LAMBDA)
+    base = TDPHSettings(estimator="force_fit", n_configurations=16, self_consistent=True, tol_thz=1e-4,
+                        max_iterations=15, seed=5, reuse_samples=reuse)
+    with pytest.warns(UserWarning, match="did not converge"):
+        plain = renormalize(ph, pot, [t], base, "NaCl-quartic", projector=proj)[0]
+    assert not plain.converged and plain.n_iterations == 15
+    st = dataclasses.replace(base, noise_tol=3.0)
+    r = renormalize(ph, pot, [t], st, "NaCl-quartic", projector=proj)[0]
+    assert r.converged and r.history[-1]["converged_on"] == "noise" and r.n_iterations < 15
+    last = r.history[-1]
+    assert last["residual_thz"] > 1e-4 and last["residual_sigmas"] < 3.0
+    assert last["residual_thz"] < 3.0 * last["frequency_error_thz"]  # the largest error bounds every mode's
+    # no earlier iteration met the criterion (the first one is never judged on noise)
+    assert "residual_sigmas" not in r.history[0]
+    assert all(h["residual_sigmas"] >= 3.0 for h in r.history[1:-1])
+    fp = _freqs(ph, _fixed_point(ph, proj, fc0, t, "force_fit"))
+    one_shot = _freqs(ph, _target(ph, proj, fc0, fc0, t, "force_fit"))
+    d_fp = np.abs(r.frequencies - fp).max()
+    assert d_fp <= 4 * np.nanmax(r.frequency_error) + 3.0 * last["frequency_error_thz"]
+    assert d_fp < 0.5 * np.abs(r.frequencies - one_shot).max()
+    # off by default, and then not part of the digest (tests/test_validation_committed.py: stored digests hold)
+    assert base.digest() != st.digest()
+    assert dataclasses.replace(st, self_consistent=False).digest() == dataclasses.replace(
+        base, self_consistent=False).digest()  # one-shot runs ignore it
+    with pytest.raises(ValueError, match="noise_tol"):
+        dataclasses.replace(base, noise_tol=2.0, n_seeds_for_error=2)
+
+
 def test_adaptive_mixing_converges_a_double_well_that_plain_mixing_cycles(nacl):
     """A double well Φ⁰ = −Φ_NaCl stabilised by a strong on-site quartic term (λ = 100 eV/Å⁴).
 

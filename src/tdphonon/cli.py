@@ -166,6 +166,9 @@ def run(
              "damps the period-2 oscillation of steep soft modes)")] = True,
     max_iterations: Annotated[int, typer.Option(help="self-consistent iterations at most")] = 20,
     tol: Annotated[float, typer.Option(help="self-consistency tolerance on frequencies (THz)")] = 0.05,
+    noise_tol: Annotated[float, typer.Option(
+        help="self-consistent: also converged when every frequency changed by less than this many of its "
+             "standard errors (batch means; e.g. 3; 0: --tol only)")] = 0.0,
     seed: SeedOpt = 0,
     n_seeds: Annotated[int, typer.Option(help="independent seeds for the error bar (1: block means)")] = 1,
     reuse_samples: Annotated[bool, typer.Option(
@@ -195,7 +198,7 @@ def run(
         ts = _tdph_settings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
                             sampling=sampling, quantum=not classical, policy=policy, mixing=mixing,
                             adaptive_mixing=adaptive_mixing, max_iterations=max_iterations, tol_thz=tol,
-                            seed=seed, n_seeds_for_error=n_seeds, reuse_samples=reuse_samples)
+                            noise_tol=noise_tol, seed=seed, n_seeds_for_error=n_seeds, reuse_samples=reuse_samples)
         spec = resolve_model_spec(model)
         label = Path(structure).stem
         struct = load_structure(structure, label)

@@ -42,7 +42,12 @@ self-consistent (SCHA)
     undamped fixed-point residual); then Φ(T) = ⟨H⟩_{Σ(Φ_k)}. A list of
     temperatures is scanned from high to low, each starting from the previous result (warm start).
     Sampling noise sets a floor to the residual: ``tol_thz`` must exceed the frequency noise of one
-    estimate (reported in the history).
+    estimate (reported in the history). With ``noise_tol = z > 0`` a run also stops when every mode's
+    change |ν_out − ν_in| is within z of its standard error (batch means of the estimate's
+    configurations; ``residual_sigmas`` and ``frequency_error_thz`` in the history): at the fixed
+    point the residual is noise, which more iterations cannot resolve, only more configurations
+    (python-sscha's ``meaningful_factor`` plays the same role). The history then says
+    ``converged_on: "noise"``.
 
 Error bars
 ----------
@@ -152,6 +157,11 @@ class TDPHSettings:
         update reversed and the residual grew), which damps the period-2 oscillation of steep soft
         modes (module docstring). ``adaptive_mixing=False`` keeps α = ``mixing`` throughout
         (plain linear mixing).
+    noise_tol
+        Self-consistent runs only: also converged when every commensurate-q frequency changed by
+        less than ``noise_tol`` of its standard errors (batch means over ``n_blocks_for_error``
+        blocks; needs ``n_seeds_for_error = 1``; acoustic Γ modes left out; 3 is a sensible value).
+        0 (default): ``tol_thz`` only.
     seed
         Base seed; per-temperature, per-iteration seeds are derived from it.
     n_seeds_for_error
@@ -202,6 +212,7 @@ class TDPHSettings:
     adaptive_mixing: bool = True
     min_mixing: float = 0.05
     tol_thz: float = 0.05
+    noise_tol: float = 0.0
     max_iterations: int = 20
     seed: int = 0
     n_seeds_for_error: int = 1
@@ -246,6 +257,9 @@ class TDPHSettings:
             raise ValueError("min_mixing must be in (0, mixing]")
         if self.max_iterations < 1 or self.tol_thz <= 0:
             raise ValueError("max_iterations must be ≥ 1 and tol_thz > 0")
+        if self.noise_tol < 0 or (self.noise_tol > 0 and self.n_seeds_for_error > 1):
+            raise ValueError("noise_tol must be ≥ 0, and > 0 only with n_seeds_for_error = 1 (its standard "
+                             "errors are batch means of each iteration's configurations)")
         if self.n_seeds_for_error < 1 or self.n_blocks_for_error < 1:
             raise ValueError("n_seeds_for_error and n_blocks_for_error must be ≥ 1")
         if self.reuse_samples and self.sampling != "gaussian":
@@ -268,9 +282,11 @@ class TDPHSettings:
         The ``quartic_*`` options enter only with ``estimator='quartic_fit'`` (the only estimator
         they affect), so digests of the other estimators are those of earlier versions; likewise
         ``adaptive_mixing``/``min_mixing`` enter only self-consistent digests (one-shot digests are
-        unchanged).
+        unchanged), and ``noise_tol`` only when it is on.
         """
         d = self.to_dict()
+        if not (self.noise_tol and self.self_consistent):
+            d.pop("noise_tol")
         if self.estimator != "quartic_fit":
             d = {k: v for k, v in d.items() if not k.startswith("quartic_")}
         if not self.self_consistent:
@@ -904,6 +920,17 @@ def renormalize_temperature(
         if residual < s.tol_thz:
             converged = True
             break
+        if s.noise_tol > 0 and it > 0:  # the first residual measures the distance from Φ⁰, not noise
+            blocks = _block_estimates(ctx, est)
+            if blocks:  # each mode's change against its own standard error (acoustic Γ modes left out)
+                ferr = _std_err([commensurate_frequencies(sc, prim, b)[1] for b in blocks])
+                keep = ~_gamma_acoustic_mask(qpts, f_out)
+                z = float(np.max(np.abs(f_out - f_in)[keep] / np.maximum(ferr[keep], 1e-9)))
+                history[-1].update(frequency_error_thz=float(np.max(ferr[keep])), residual_sigmas=z)
+                if z < s.noise_tol:
+                    converged = True
+                    history[-1]["converged_on"] = "noise"
+                    break
         if it < n_iter - 1:
             # quartic_fit: jump to the fixed point of the fitted model (no force calls) when it has one
             jump = _model_fixed_point(ctx, est.model, fc_in, temperature, history[-1]) if est.model else None
