@@ -95,3 +95,31 @@ def test_cli_reports_bad_input_clearly(tmp_path):
     res = runner.invoke(app, ["harmonic", str(bad), "--model", "chgnet", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "overlap" in res.output and "overlapping atoms" in res.output
+
+
+def test_campaign_tdph_settings_file(tmp_path):
+    """``--tdph-settings`` (JSON or YAML) sets any TDPHSettings field of a campaign; bad files fail clearly
+    before any material is read."""
+    from tdphonon.cli import _maker
+    from tdphonon.renormalize import TDPHSettings
+
+    good = tmp_path / "ts.yaml"
+    good.write_text("self_consistent: true\nreuse_samples: true\nnoise_tol: 3\npolicy: {kind: floor, floor_thz: 1.0}\n")
+    m = _maker("harmonic:x", [300.0], "force_fit", False, 16, "abs", 0, False, None, "c", tdph_settings_file=good)
+    ts = TDPHSettings.from_dict(m.tdph_settings)
+    assert ts.self_consistent and ts.reuse_samples and ts.noise_tol == 3.0 and ts.policy.kind == "floor"
+    assert ts.n_configurations == 16  # the command-line options stay where the file is silent
+    js = tmp_path / "ts.json"
+    js.write_text(json.dumps({"tol_thz": 0.1}))
+    assert _maker("harmonic:x", [300.0], "force_fit", False, 16, "abs", 0, False, None, "c",
+                  tdph_settings_file=js).tdph_settings["tol_thz"] == 0.1
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for text, message in (('{"noise_tolerance": 3}', "unknown TDPHSettings field(s) ['noise_tolerance']"),
+                          ('{"noise_tol": -1}', "noise_tol must be ≥ 0"),
+                          ("[1, 2]", "expected a mapping"), ("{not json", "cannot read it")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        res = runner.invoke(app, ["campaign", str(inp), "--local", str(tmp_path / "store"), "-m", "sevennet-0",
+                                  "--tdph-settings", str(bad)])
+        assert res.exit_code != 0 and message in " ".join(res.output.split()), res.output

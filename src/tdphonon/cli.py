@@ -271,12 +271,45 @@ LocalOpt = Annotated[Path | None, typer.Option("--local", help="folder of a loca
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="table | csv | json")]
 
 
+TDPHSettingsOpt = Annotated[Path | None, typer.Option(
+    "--tdph-settings", help="JSON or YAML file of TDPHSettings fields (e.g. reuse_samples, noise_tol, tol_thz, "
+                            "policy), applied over the options above")]
+
+
+def _settings_file(path: Path | None, ts):
+    """``ts`` with the fields of a JSON/YAML settings file applied; unknown fields or bad values raise ValueError."""
+    import dataclasses
+
+    if path is None:
+        return ts
+    try:
+        text = Path(path).read_text()
+        if Path(path).suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            fields = yaml.safe_load(text)
+        else:
+            fields = json.loads(text)
+    except (OSError, ValueError) as exc:  # json and yaml errors are ValueErrors
+        raise ValueError(f"--tdph-settings {path}: cannot read it ({exc})") from exc
+    if not isinstance(fields, dict):
+        raise ValueError(f"--tdph-settings {path}: expected a mapping of TDPHSettings fields")
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ts)})
+    if unknown:
+        raise ValueError(f"--tdph-settings {path}: unknown TDPHSettings field(s) {unknown}")
+    try:
+        return dataclasses.replace(ts, **fields)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"--tdph-settings {path}: {exc}") from exc
+
+
 def _maker(model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax, supercell,
-           campaign, device=None):
+           campaign, device=None, tdph_settings_file=None):
     from tdphonon.flows import TDPhononMaker
 
-    ts = _tdph_settings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
-                        policy=policy, seed=seed)
+    ts = _settings_file(tdph_settings_file, _tdph_settings(
+        estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations, policy=policy,
+        seed=seed))
     hs = {"relax": relax}
     if supercell:
         hs["supercell_matrix"] = _parse_supercell(supercell)
@@ -285,14 +318,15 @@ def _maker(model, temperature, estimator, self_consistent, n_configurations, pol
 
 
 def _inputs_and_maker(inputs, model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax,
-                      supercell, campaign, device=None):
+                      supercell, campaign, device=None, tdph_settings_file=None):
     """Materials of ``inputs`` (unreadable ones reported), the skipped entries and the campaign's maker."""
     from tdphonon import campaign as cmp
 
+    maker = _maker(model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax, supercell,
+                   campaign, device, tdph_settings_file)  # a bad settings file fails before any input is read
     mats, skipped = cmp.read_inputs(inputs)
     _report_inputs(skipped)
-    return mats, skipped, _maker(model, temperature, estimator, self_consistent, n_configurations, policy, seed,
-                                 relax, supercell, campaign, device)
+    return mats, skipped, maker
 
 
 def _report_inputs(skipped: list[dict]) -> None:
@@ -322,6 +356,7 @@ def submit(
     seed: SeedOpt = 0,
     relax: RelaxOpt = True,
     supercell: SupercellOpt = None,
+    tdph_settings: TDPHSettingsOpt = None,
     launchpad: LaunchpadOpt = None,
     store: StoreOpt = None,
 ) -> None:
@@ -331,7 +366,8 @@ def submit(
 
     try:
         mats, skipped, maker = _inputs_and_maker(inputs, model, temperature, estimator, self_consistent,
-                                                 n_configurations, policy, seed, relax, supercell, campaign)
+                                                 n_configurations, policy, seed, relax, supercell, campaign,
+                                                 tdph_settings_file=tdph_settings)
         rep = cmp.submit(mats, maker, cmp.load_launchpad(launchpad), cmp.load_store(store))
         rep.skipped = skipped
     except (TDPhononError, ValueError) as exc:
@@ -356,6 +392,7 @@ def campaign(
     seed: SeedOpt = 0,
     relax: RelaxOpt = True,
     supercell: SupercellOpt = None,
+    tdph_settings: TDPHSettingsOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Run a campaign in this process (jobflow run_locally) into a file store in --local; no server."""
@@ -364,7 +401,8 @@ def campaign(
 
     try:
         mats, skipped, maker = _inputs_and_maker(inputs, model, temperature, estimator, self_consistent,
-                                                 n_configurations, policy, seed, relax, supercell, campaign, device)
+                                                 n_configurations, policy, seed, relax, supercell, campaign, device,
+                                                 tdph_settings)
         with _Progress() as prog:
             rep = cmp.run_local(mats, maker, cmp.local_store(local),
                                 progress=lambda lab, k, n: prog("materials", k, n))
