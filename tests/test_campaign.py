@@ -57,7 +57,7 @@ def env(tmp_path_factory):
 
     lp = load_launchpad(lp_file)
     lp.reset("", require_password=False)
-    yield {"root": root, "server": server, "lp_file": lp_file, "jf_file": jf_file}
+    yield {"root": root, "server": server, "lp_file": lp_file, "jf_file": jf_file, "uri": uri}
     if server:
         server.stop()
 
@@ -354,3 +354,52 @@ def test_validation_branch_goes_to_dft_workers_only(env, tmp_path):
     assert all(states[i] == "COMPLETED" for i in val_ids), states
     docs = validation_results(_store(env), "val")
     assert len(docs) == 1 and docs[0]["comparison"]["kappa_l"][0]["scph_3ph_wmk"] > 0
+
+
+def test_query_can_exclude_imaginary_fixed_points(env, tmp_path):
+    """``exclude_imaginary_fixed_points`` on a real MongoDB wire protocol (own database: no campaign docs touched):
+    at the filtered temperature when per-temperature conditions are given, else at any temperature;
+    one-shot (None) and pre-flag documents (no field) are kept."""
+    from jobflow import JobStore
+    from maggma.stores import MongoURIStore
+
+    from tdphonon.campaign import METRICS_STEP, query
+
+    store = JobStore(MongoURIStore(env["uri"], database=f"{DB}_ifp", collection_name="outputs"))
+    store.connect()
+
+    def doc(label, temps):
+        return {"uuid": label, "index": 1, "metadata": {"tdphonon_step": METRICS_STEP},
+                "output": {"label": label, "campaign": "ifp", "formula": "X", "spacegroup_symbol": "Pm-3m",
+                           "spacegroup_number": 221, "model": {"name": "m"}, "n_atoms_supercell": 40,
+                           "temperatures": [{"r_full": 0.1, "frequency_shift": 0.1, **x} for x in temps]}}
+
+    t = {"temperature": 300.0, "r_onsite_max": 0.2}
+    store.docs_store.update([
+        doc("real", [{**t, "imaginary_fixed_point": False}]),
+        doc("imag300", [{"temperature": 100.0, "r_onsite_max": 0.3, "imaginary_fixed_point": False},
+                        {**t, "imaginary_fixed_point": True}]),
+        doc("oneshot", [{**t, "imaginary_fixed_point": None}]),
+        doc("old", [dict(t)]),
+    ], key="uuid")
+
+    def labels(**kw):
+        return [d["label"] for d in query(store, campaign="ifp", **kw)]
+
+    assert labels() == ["imag300", "old", "oneshot", "real"]
+    assert labels(exclude_imaginary_fixed_points=True) == ["old", "oneshot", "real"]
+    assert labels(exclude_imaginary_fixed_points=True, temperature=300.0) == ["old", "oneshot", "real"]
+    assert labels(exclude_imaginary_fixed_points=True, temperature=100.0) == ["imag300"]
+    assert labels(exclude_imaginary_fixed_points=True, r_onsite_min=0.25) == ["imag300"]  # its 100 K entry
+    assert labels(r_onsite_min=0.15, temperature=300.0) == ["imag300", "old", "oneshot", "real"]
+    # the same through the command line
+    from typer.testing import CliRunner
+
+    from tdphonon.cli import app
+
+    jf = tmp_path / "jobflow.yaml"
+    jf.write_text(env["jf_file"].read_text().replace(f"database: {DB},", f"database: {DB}_ifp,"))
+    res = CliRunner().invoke(app, ["query", "--store", str(jf), "-c", "ifp", "--exclude-imaginary-fixed-points",
+                                   "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert [d["label"] for d in json.loads(res.stdout)] == ["old", "oneshot", "real"]

@@ -411,8 +411,15 @@ def rerun(launchpad, campaign: str | None = None, fw_ids: Sequence[int] | None =
 def results_criteria(campaign: str | None = None, r_onsite_min: float | None = None,
                      r_full_min: float | None = None, elements: Sequence[str] | None = None,
                      spacegroup: int | str | None = None, temperature: float | None = None,
-                     model: str | None = None, label: str | None = None) -> dict[str, Any]:
-    """Mongo criteria on the job store selecting :class:`TDPhononDoc` results."""
+                     model: str | None = None, label: str | None = None,
+                     exclude_imaginary_fixed_points: bool = False) -> dict[str, Any]:
+    """Mongo criteria on the job store selecting :class:`TDPhononDoc` results.
+
+    The per-temperature conditions (``temperature``, ``r_onsite_min``, ``r_full_min``) must hold at one
+    and the same temperature. ``exclude_imaginary_fixed_points`` drops self-consistent results that
+    converged to a Φ(T) with imaginary modes (not SCHA solutions; ``TemperatureDoc.imaginary_fixed_point``):
+    at that temperature when per-temperature conditions are given, otherwise at any temperature.
+    """
     crit: dict[str, Any] = {"metadata.tdphonon_step": METRICS_STEP}
     if campaign:
         crit["output.campaign"] = campaign
@@ -433,6 +440,11 @@ def results_criteria(campaign: str | None = None, r_onsite_min: float | None = N
         elem["r_onsite_max"] = {"$gte": float(r_onsite_min)}
     if r_full_min is not None:
         elem["r_full"] = {"$gte": float(r_full_min)}
+    if exclude_imaginary_fixed_points:
+        if elem:
+            elem["imaginary_fixed_point"] = {"$ne": True}
+        else:
+            crit["output.temperatures.imaginary_fixed_point"] = {"$ne": True}
     if elem:
         crit["output.temperatures"] = {"$elemMatch": elem}
     return crit

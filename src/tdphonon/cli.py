@@ -464,6 +464,8 @@ def query(
     spacegroup: Annotated[str | None, typer.Option(help="space-group number or symbol")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature", "-T", help="only this T (K)")] = None,
     model: Annotated[str | None, typer.Option(help="model name or sha256")] = None,
+    exclude_imaginary_fixed_points: Annotated[bool, typer.Option(
+        help="drop self-consistent results that converged with imaginary modes (not SCHA solutions)")] = False,
     fmt: FormatOpt = "table",
     store: StoreOpt = None,
     local: LocalOpt = None,
@@ -480,7 +482,8 @@ def query(
         print(json.dumps(cmp.local_failures(st, campaign), indent=1))
         return
     docs = cmp.query(st, campaign=campaign, r_onsite_min=r_onsite_min, r_full_min=r_full_min, elements=elements,
-                     spacegroup=spacegroup, temperature=temperature, model=model)
+                     spacegroup=spacegroup, temperature=temperature, model=model,
+                     exclude_imaginary_fixed_points=exclude_imaginary_fixed_points)
     table = cmp.rows(docs, temperature)
     if fmt == "json":
         print(json.dumps(docs, indent=1, default=str))
