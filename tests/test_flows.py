@@ -161,3 +161,18 @@ def test_read_inputs_formats(tmp_path, si_structure):
     mats, skipped = read_inputs(js)
     assert [m.label for m in mats] == ["a"]
     assert skipped[0]["label"] == "bad" and "overlapping atoms" in skipped[0]["reason"]
+
+
+def test_campaign_settings_digest_is_stable_across_versions():
+    """Dedup keys of stored results must survive new options that are off: these digests were computed with
+    the code of 257053f (before ``noise_tol`` existed); resubmitting such a campaign finds its duplicates."""
+    from tdphonon.flows import TDPhononMaker
+
+    one_shot = TDPhononMaker(model="sevennet-0", temperatures=(300.0,))
+    sc = TDPhononMaker(model="sevennet-0", temperatures=(300.0, 600.0),
+                       tdph_settings={"self_consistent": True, "reuse_samples": True})
+    assert one_shot.settings_digest() == "9cd01beed36368b0578e3579917db59f4cd4fc7928fecbb4c908965d7b8fdb64"
+    assert sc.settings_digest() == "b00a6cd23e90a38d333182cdad4de097a6f26b3f6f21ea97b223c158d9486592"
+    on = TDPhononMaker(model="sevennet-0", temperatures=(300.0, 600.0),
+                       tdph_settings={"self_consistent": True, "reuse_samples": True, "noise_tol": 3.0})
+    assert on.settings_digest() != sc.settings_digest()  # an option that is on is part of the key
