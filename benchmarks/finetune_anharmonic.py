@@ -49,10 +49,7 @@ def srtio3_tdph(potential, n_configurations: int) -> dict:
     """Γ-TO1 / R (THz) of SrTiO3 from TDPH on the DFT cell; a failed run is recorded, then rerun without outliers."""
     import validation_SrTiO3 as val
 
-    from tdphonon.harmonic import HarmonicSettings
-
-    hs = HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2))
-    col, failure, diagnosis = val.columns_or_failure(val.dft_primitive(), potential, hs, n_configurations)
+    col, failure, diagnosis = val.dft_cell_columns(potential, n_configurations)
     out: dict = {"failed": failure} if failure else {}
     if diagnosis and "failed" in diagnosis:
         out["failed_with_outliers_dropped"] = diagnosis["failed"]

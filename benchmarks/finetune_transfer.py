@@ -67,12 +67,9 @@ def _srtio3(model_dir: Path, n_configurations: int) -> dict:
     kept as ``tdph_failed`` (the error), and its values are those of a rerun with the outliers dropped."""
     import validation_SrTiO3 as v
 
-    from tdphonon.harmonic import HarmonicSettings
     from tdphonon.potentials import load_potential
 
-    cols, failure, diagnosis = v.columns_or_failure(
-        v.dft_primitive(), load_potential(str(model_dir), device="cpu"),
-        HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2)), n_configurations)
+    cols, failure, diagnosis = v.dft_cell_columns(load_potential(str(model_dir), device="cpu"), n_configurations)
     cols = cols or diagnosis
     if "failed" in cols:
         print(f"  SrTiO3 TDPH failed, also with outliers dropped: {cols['failed']}", flush=True)

@@ -36,15 +36,14 @@ def run_one(potential, temperatures: list[float], noise_tol: float, n_configurat
     """Self-consistent TDPH of SrTiO3 (validation settings) with ``noise_tol``; per temperature a summary."""
     import validation_SrTiO3 as v
 
-    from tdphonon.harmonic import HarmonicSettings
     from tdphonon.pipeline import run_tdph
 
     ts = dataclasses.replace(v.tdph_settings(True, n_configurations), noise_tol=noise_tol)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unconverged runs and policy notes are reported in the result
-        res = run_tdph(v.dft_primitive(), potential, temperatures,
-                       HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2)), ts, label="SrTiO3")
+        res = run_tdph(v.dft_primitive(), potential, temperatures, v.dft_cell_harmonic_settings(), ts,
+                       label="SrTiO3")
     out = {"settings_digest": ts.digest(), "seconds": time.perf_counter() - t0, "temperatures": {}}
     for tr in res.temperatures:
         r = tr.renormalization

@@ -208,7 +208,6 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     import validation_SrTiO3 as val
 
-    from tdphonon.harmonic import HarmonicSettings
     from tdphonon.potentials import SHIPPED_MODEL_DIR, load_potential
 
     cdir = Path(args.candidate)
@@ -219,9 +218,9 @@ def main(argv=None) -> int:
     pot = load_potential(str(cdir), device="cpu")
     if pot.identity.sha256 != cand_card["sha256"]:
         raise SystemExit(f"{cdir}: the weights do not match their card (sha256)")
-    hs = HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2))
+    hs = val.dft_cell_harmonic_settings()
     # a failed TDPH (e.g. extrapolating forces on the thermal samples) is a result: recorded, with a diagnosis
-    col, failure, diagnosis = val.columns_or_failure(val.dft_primitive(), pot, hs, args.n_configurations)
+    col, failure, diagnosis = val.dft_cell_columns(pot, args.n_configurations)
     if diagnosis and "failed" not in diagnosis:
         diagnosis = {**curves(diagnosis), "outliers_dropped": {k: diagnosis[k]["outliers_dropped"]
                                                                for k in ("one_shot", "self_consistent")}}

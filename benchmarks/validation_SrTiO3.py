@@ -213,6 +213,13 @@ def dft_primitive():
     return AseAtomsAdaptor.get_structure(phonopy_atoms_to_ase(ph.primitive))
 
 
+def dft_cell_harmonic_settings():
+    """Harmonic settings of every column on the DFT cell: not relaxed, the DFT data's 2x2x2 supercell."""
+    from tdphonon.harmonic import HarmonicSettings
+
+    return HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2))
+
+
 def run_columns(structure, potential, hs, n_configurations: int, drop_outliers: bool = False) -> dict:
     """One-shot and self-consistent TDPH of SrTiO3 at TEMPERATURES: named frequencies, Γ-TO1, R."""
     from tdphonon.pipeline import run_tdph
@@ -276,9 +283,13 @@ def columns_or_failure(structure, potential, hs, n_configurations: int) -> tuple
         return None, failure, {"failed": str(err)}
 
 
+def dft_cell_columns(potential, n_configurations: int) -> tuple[dict | None, str | None, dict | None]:
+    """:func:`columns_or_failure` on the DFT cell (:func:`dft_primitive`, :func:`dft_cell_harmonic_settings`)."""
+    return columns_or_failure(dft_primitive(), potential, dft_cell_harmonic_settings(), n_configurations)
+
+
 def engine_check(dft: dict, args) -> dict:
     """TDPH on the DFT IFC potential (Φ₂+Φ₃+Φ₄ Taylor expansion) vs SCPH on the same q-points."""
-    from tdphonon.harmonic import HarmonicSettings
     from tdphonon.validation.pipeline import named_frequencies
 
     ph, ideal = dft["_phonon"], dft["_ideal"]
@@ -292,7 +303,7 @@ def engine_check(dft: dict, args) -> dict:
                  **scph_scan(ph, fc2, dft["_quartic"], dft["_projector"], dft["_qnamed"], q_mesh=None,
                              policy=policy)[1]}
     t_scph = time.perf_counter() - t0
-    cols = run_columns(dft_primitive(), pot, HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2)),
+    cols = run_columns(dft_primitive(), pot, dft_cell_harmonic_settings(),
                        args.n_configurations)
     return {
         "what": "TDPH engine on the DFT IFC potential (Φ₂ + fitted Φ₃/Φ₄, an exact Taylor potential) vs SCPH "
@@ -380,7 +391,7 @@ def ml_branch(args, model: str | None = None) -> dict:
         # the DFT branch's own cell, not relaxed: both branches then differ only in the force field and
         # the anharmonic method
         sto = dft_primitive()
-        hs = HarmonicSettings(relax=False, supercell_matrix=(2, 2, 2))
+        hs = dft_cell_harmonic_settings()
     else:
         sto = Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.905), ["Sr", "Ti", "O"],
                                         [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]])

@@ -280,17 +280,13 @@ def _settings_file(path: Path | None, ts):
     """``ts`` with the fields of a JSON/YAML settings file applied; unknown fields or bad values raise ValueError."""
     import dataclasses
 
+    from monty.serialization import loadfn  # JSON or YAML by extension, as campaign.load_store
+
     if path is None:
         return ts
     try:
-        text = Path(path).read_text()
-        if Path(path).suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            fields = yaml.safe_load(text)
-        else:
-            fields = json.loads(text)
-    except (OSError, ValueError) as exc:  # json and yaml errors are ValueErrors
+        fields = loadfn(str(path))
+    except Exception as exc:  # missing file, JSON or YAML syntax: a user input, reported as such
         raise ValueError(f"--tdph-settings {path}: cannot read it ({exc})") from exc
     if not isinstance(fields, dict):
         raise ValueError(f"--tdph-settings {path}: expected a mapping of TDPHSettings fields")

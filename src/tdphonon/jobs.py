@@ -288,11 +288,11 @@ def settings_digest(harmonic_settings: Mapping[str, Any], tdph_settings: Mapping
                     temperatures: Sequence[float]) -> str:
     """sha256 of everything besides structure and model that determines a material's result.
 
-    A TDPH field that is off (``noise_tol`` = 0) is left out, so adding such an option does not change
-    the keys of stored results (resubmitting a campaign still finds its duplicates).
+    TDPH options added later that are off (:meth:`TDPHSettings.without_off_options`) are left out, so
+    adding such an option does not change the keys of stored results (resubmitting a campaign still
+    finds its duplicates).
     """
-    off = {"noise_tol": 0.0}  # added after results were stored: absent when off
-    payload = {"harmonic": dict(harmonic_settings), "tdph": {k: v for k, v in dict(tdph_settings).items()
-                                                             if k != "digest" and not (k in off and v == off[k])},
+    tdph = TDPHSettings.without_off_options({k: v for k, v in dict(tdph_settings).items() if k != "digest"})
+    payload = {"harmonic": dict(harmonic_settings), "tdph": tdph,
                "temperatures": sorted(round(float(t), 6) for t in temperatures)}
     return hashlib.sha256(json.dumps(_jsonable(payload), sort_keys=True).encode()).hexdigest()

@@ -130,6 +130,11 @@ Estimator = Literal["hessian", "force_fit", "quartic_fit"]
 # --------------------------------------------------------------------------------------------
 # settings
 # --------------------------------------------------------------------------------------------
+#: options added after results were stored, and their "off" value: left out of digests and campaign keys
+#: while off (:meth:`TDPHSettings.without_off_options`)
+_OFF_OPTIONS: dict[str, Any] = {"noise_tol": 0.0}
+
+
 @dataclass(frozen=True)
 class TDPHSettings:
     """All choices that determine Φ(T) (recorded with every result; :meth:`digest` identifies them).
@@ -272,6 +277,14 @@ class TDPHSettings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @staticmethod
+    def without_off_options(d: Mapping[str, Any]) -> dict[str, Any]:
+        """``d`` without the options added after results were stored that are off (``noise_tol`` = 0).
+
+        Digests and campaign keys hash this, so adding such an option keeps the keys of stored results.
+        """
+        return {k: v for k, v in d.items() if not (k in _OFF_OPTIONS and v == _OFF_OPTIONS[k])}
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TDPHSettings:
         return cls(**dict(d))
@@ -284,9 +297,9 @@ class TDPHSettings:
         ``adaptive_mixing``/``min_mixing`` enter only self-consistent digests (one-shot digests are
         unchanged), and ``noise_tol`` only when it is on.
         """
-        d = self.to_dict()
-        if not (self.noise_tol and self.self_consistent):
-            d.pop("noise_tol")
+        d = self.without_off_options(self.to_dict())
+        if not self.self_consistent:
+            d.pop("noise_tol", None)
         if self.estimator != "quartic_fit":
             d = {k: v for k, v in d.items() if not k.startswith("quartic_")}
         if not self.self_consistent:
