@@ -403,3 +403,55 @@ def test_query_can_exclude_imaginary_fixed_points(env, tmp_path):
                                    "--format", "json"])
     assert res.exit_code == 0, res.output
     assert [d["label"] for d in json.loads(res.stdout)] == ["old", "oneshot", "real"]
+
+
+def test_submit_finds_results_stored_under_earlier_keys(env):
+    """Resubmitting a campaign after an upgrade: a result stored (or a workflow added) under the key an
+    earlier version computed (tests/data/campaign_keys_history.json) is a duplicate, reported under that
+    key; a run that differs from the stored one (adaptive vs fixed mixing) is not. Own databases: no
+    campaign documents touched."""
+    from fireworks import Firework, LaunchPad, ScriptTask, Workflow
+    from jobflow import JobStore
+    from maggma.stores import MongoURIStore
+    from pymatgen.core import Lattice, Structure
+
+    from tdphonon.campaign import METRICS_STEP, MaterialInput, submit
+    from tdphonon.flows import TDPhononMaker
+
+    hist = json.loads((Path(__file__).parent / "data" / "campaign_keys_history.json").read_text())
+    old = {(e["commit"], e["same_run_now"]): e["key"] for e in hist["stored"]}
+    nacl = [MaterialInput("NaCl", Structure(Lattice.cubic(5.64), ["Na"] * 4 + ["Cl"] * 4, [
+        [0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0], [.5, .5, .5], [.5, 0, 0], [0, .5, 0], [0, 0, .5]]), "test")]
+
+    def maker(name):
+        c = hist["current"][name]
+        return TDPhononMaker(model="sevennet-0", temperatures=tuple(c["temperatures"]),
+                             tdph_settings=c["tdph_settings"])
+
+    store = JobStore(MongoURIStore(env["uri"], database=f"{DB}_oldkeys", collection_name="outputs"))
+    store.connect()
+    store.docs_store.update([
+        {"uuid": "one-shot-9f49e15", "index": 1, "metadata": {"tdphonon_step": METRICS_STEP},
+         "output": {"dedup_key": old["9f49e15", "one_shot"]}},
+        {"uuid": "fixed-mixing-934842f", "index": 1, "metadata": {"tdphonon_step": METRICS_STEP},
+         "output": {"dedup_key": old["934842f", "sc_fixed_mixing"]}}], key="uuid")
+    lp = LaunchPad(host=env["uri"], uri_mode=True, name=f"{DB}_fw_oldkeys")
+    lp.reset("", require_password=False)
+    lp.add_wf(Workflow([Firework(ScriptTask.from_str("true"))],
+                       metadata={"tdphonon_key": old["7e58118", "one_shot_force_fit"]}))
+    sha = "0" * 64
+
+    rep = submit(nacl, maker("one_shot"), lp, store, model_sha=sha)
+    assert not rep.submitted and rep.duplicates[0]["key"] == old["9f49e15", "one_shot"]
+    assert "store" in rep.duplicates[0]["reason"]
+    rep = submit(nacl, maker("one_shot_force_fit"), lp, store, model_sha=sha)
+    assert not rep.submitted and rep.duplicates[0]["key"] == old["7e58118", "one_shot_force_fit"]
+    assert "launchpad" in rep.duplicates[0]["reason"]
+    rep = submit(nacl, maker("sc_fixed_mixing"), lp, store, model_sha=sha)
+    assert not rep.submitted and rep.duplicates[0]["key"] == old["934842f", "sc_fixed_mixing"]
+    rep = submit(nacl, maker("sc_plain"), lp, store, model_sha=sha)  # adaptive mixing: a new run
+    assert not rep.duplicates and len(rep.submitted) == 1
+    wf = lp.workflows.find_one({"metadata.tdphonon_key": rep.submitted[0]["key"]})
+    assert wf is not None and rep.submitted[0]["key"] == maker("sc_plain").key(nacl[0].structure, sha)
+    lp.connection.drop_database(f"{DB}_fw_oldkeys")
+    store.docs_store._collection.database.client.drop_database(f"{DB}_oldkeys")

@@ -163,16 +163,42 @@ def test_read_inputs_formats(tmp_path, si_structure):
     assert skipped[0]["label"] == "bad" and "overlapping atoms" in skipped[0]["reason"]
 
 
-def test_campaign_settings_digest_is_stable_across_versions():
-    """Dedup keys of stored results must survive new options that are off: these digests were computed with
-    the code of 257053f (before ``noise_tol`` existed); resubmitting such a campaign finds its duplicates."""
+def test_campaign_keys_find_results_stored_by_earlier_versions():
+    """Each key an earlier commit stored (tests/data/campaign_keys_history.json, computed with that commit's
+    code) is among today's keys of the settings that run the same computation, and of no other: one-shot
+    runs find every version's results; a self-consistent run with adaptive mixing finds only the versions
+    that had it (before 8949713 every run mixed with a fixed α)."""
+    from pathlib import Path
+
     from tdphonon.flows import TDPhononMaker
 
-    one_shot = TDPhononMaker(model="sevennet-0", temperatures=(300.0,))
-    sc = TDPhononMaker(model="sevennet-0", temperatures=(300.0, 600.0),
-                       tdph_settings={"self_consistent": True, "reuse_samples": True})
-    assert one_shot.settings_digest() == "9cd01beed36368b0578e3579917db59f4cd4fc7928fecbb4c908965d7b8fdb64"
-    assert sc.settings_digest() == "b00a6cd23e90a38d333182cdad4de097a6f26b3f6f21ea97b223c158d9486592"
-    on = TDPhononMaker(model="sevennet-0", temperatures=(300.0, 600.0),
-                       tdph_settings={"self_consistent": True, "reuse_samples": True, "noise_tol": 3.0})
-    assert on.settings_digest() != sc.settings_digest()  # an option that is on is part of the key
+    hist = json.loads((Path(__file__).parent / "data" / "campaign_keys_history.json").read_text())
+    s = Structure(Lattice.cubic(5.64), ["Na"] * 4 + ["Cl"] * 4,
+                  [[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0], [.5, .5, .5], [.5, 0, 0], [0, .5, 0], [0, 0, .5]])
+    keys = {name: TDPhononMaker(model="sevennet-0", temperatures=tuple(c["temperatures"]),
+                                tdph_settings=c["tdph_settings"]).keys(s, "0" * 64)
+            for name, c in hist["current"].items()}
+    for e in hist["stored"]:
+        found = [name for name, k in keys.items() if e["key"] in k]
+        assert found == [e["same_run_now"]], (e["commit"], e["tdph_settings"], found)
+    assert len({e["commit"] for e in hist["stored"] if e["same_run_now"] == "one_shot"}) == 5
+    assert len({k[0] for k in keys.values()}) == len(keys)  # different runs, different canonical keys
+
+
+def test_campaign_key_ignores_inert_and_off_options():
+    """The canonical key leaves out what cannot change the run: self-consistent options of a one-shot run,
+    quartic options of another estimator, an added option at its old-behaviour value."""
+    from tdphonon.flows import TDPhononMaker
+
+    def key(**tdph):
+        return TDPhononMaker(model="sevennet-0", temperatures=(300.0,), tdph_settings=tdph).settings_digest()
+
+    assert key() == key(mixing=0.2, tol_thz=0.01, noise_tol=3.0, reuse_samples=True, adaptive_mixing=False)
+    assert key() == key(quartic_shells=3)
+    assert key() != key(n_configurations=32)
+    assert key(self_consistent=True) != key(self_consistent=True, mixing=0.2)
+    assert key(self_consistent=True) != key(self_consistent=True, adaptive_mixing=False)
+    assert key(self_consistent=True, adaptive_mixing=False) == key(self_consistent=True, adaptive_mixing=False,
+                                                                   min_mixing=0.3)
+    assert key(self_consistent=True) != key(self_consistent=True, noise_tol=3.0)
+    assert key(self_consistent=True) == key(self_consistent=True, noise_tol=0.0)

@@ -244,29 +244,37 @@ def model_sha256(model: str) -> tuple[str, dict]:
     return ident["sha256"], ident
 
 
-def _existing(launchpad, store, key: str) -> str | None:
+def _existing(launchpad, store, keys: Sequence[str]) -> tuple[str, str] | None:
+    """(reason, stored key) of the first of ``keys`` already on the launchpad or in the store."""
     if launchpad is not None:
-        wf = launchpad.workflows.find_one({"metadata.tdphonon_key": key}, {"state": 1, "nodes": 1})
+        wf = launchpad.workflows.find_one({"metadata.tdphonon_key": {"$in": list(keys)}},
+                                          {"state": 1, "nodes": 1, "metadata.tdphonon_key": 1})
         if wf is not None:
-            return f"already on the launchpad (workflow of fw {min(wf['nodes'])}, state {wf['state']})"
+            return (f"already on the launchpad (workflow of fw {min(wf['nodes'])}, state {wf['state']})",
+                    wf["metadata"]["tdphonon_key"])
     if store is not None:
-        doc = store.query_one({"output.dedup_key": key, "metadata.tdphonon_step": METRICS_STEP},
-                              properties=["uuid"], load=False)
+        doc = store.query_one({"output.dedup_key": {"$in": list(keys)}, "metadata.tdphonon_step": METRICS_STEP},
+                              properties=["uuid", "output.dedup_key"], load=False)
         if doc is not None:
-            return f"result already in the store (job {doc['uuid']})"
+            return f"result already in the store (job {doc['uuid']})", doc["output"]["dedup_key"]
     return None
 
 
 def _new_materials(materials: Iterable[MaterialInput], maker: TDPhononMaker, sha: str, launchpad, store,
-                   rep: SubmitReport) -> Iterator[tuple[MaterialInput, str]]:
-    """(material, key) of each material not yet on the launchpad or in the store; duplicates go to ``rep``."""
+                   rep: SubmitReport) -> Iterator[tuple[MaterialInput, list[str]]]:
+    """(material, keys) of each material not yet on the launchpad or in the store; duplicates go to ``rep``.
+
+    ``keys``: the material's key first, then the keys earlier versions gave the same run
+    (:meth:`TDPhononMaker.keys`), so results stored before a new option existed are still found. A
+    duplicate's ``key`` in ``rep`` is the key it is stored under.
+    """
     for m in materials:
-        key = maker.key(m.structure, sha)
-        why = _existing(launchpad, store, key)
-        if why:
-            rep.duplicates.append({"label": m.label, "key": key, "reason": why})
+        keys = maker.keys(m.structure, sha)
+        found = _existing(launchpad, store, keys)
+        if found:
+            rep.duplicates.append({"label": m.label, "key": found[1], "reason": found[0]})
             continue
-        yield m, key
+        yield m, keys
 
 
 def submit(materials: Iterable[MaterialInput], maker: TDPhononMaker, launchpad, store=None,
@@ -278,7 +286,8 @@ def submit(materials: Iterable[MaterialInput], maker: TDPhononMaker, launchpad, 
     if store is not None:
         _connected(store)
     rep = SubmitReport()
-    for m, key in _new_materials(materials, maker, sha, launchpad, store, rep):
+    for m, keys in _new_materials(materials, maker, sha, launchpad, store, rep):
+        key = keys[0]
         flow = maker.make(m.structure, m.label, model_sha256=sha)
         wf = flow_to_workflow(flow, metadata={"tdphonon_key": key, "tdphonon_campaign": maker.campaign,
                                               "tdphonon_label": m.label, "tdphonon_source": m.source,
@@ -301,14 +310,18 @@ def run_local(materials: Iterable[MaterialInput], maker: TDPhononMaker, store,
     _connected(store)
     rep = SubmitReport()
     materials = list(materials)
-    for m, key in _new_materials(materials, maker, sha, None, store, rep):
+    for m, keys in _new_materials(materials, maker, sha, None, store, rep):
+        key = keys[0]
         if progress:
             progress(m.label, len(rep.submitted) + len(rep.duplicates) + len(rep.failed), len(materials))
         flow = maker.make(m.structure, m.label, model_sha256=sha)
         t0 = time.perf_counter()
+        earlier = {"uuid": {"$in": [f"failure-{k}" for k in keys]}}  # failures stored by earlier runs
         try:
             run_locally(flow, store=store, create_folders=False, raise_immediately=True, log=False)
         except Exception as exc:
+            if store.docs_store.count(earlier):  # replaced by this one (under today's key)
+                store.docs_store.remove_docs(earlier)
             reason = f"{type(exc).__name__}: {exc}"
             store.docs_store.update([{"uuid": f"failure-{key}", "index": 1, "name": f"{m.label} failure",
                                       "metadata": {"tdphonon_step": "failure", "tdphonon_key": key,
@@ -319,8 +332,8 @@ def run_local(materials: Iterable[MaterialInput], maker: TDPhononMaker, store,
                                     key=["uuid", "index"])
             rep.failed.append({"label": m.label, "key": key, "reason": reason})
             continue
-        if store.docs_store.count({"uuid": f"failure-{key}"}):  # an earlier failure, now fixed
-            store.docs_store.remove_docs({"uuid": f"failure-{key}"})
+        if store.docs_store.count(earlier):  # an earlier failure, now fixed
+            store.docs_store.remove_docs(earlier)
         rep.submitted.append({"label": m.label, "key": key, "seconds": time.perf_counter() - t0})
     if progress:
         progress("done", len(materials), len(materials))

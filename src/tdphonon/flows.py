@@ -28,6 +28,7 @@ from tdphonon.jobs import (
     metrics_job,
     sampling_job,
     settings_digest,
+    settings_digests,
 )
 from tdphonon.renormalize import TDPHSettings
 from tdphonon.schemas import dedup_key
@@ -86,6 +87,12 @@ class TDPhononMaker(Maker):
     def key(self, structure: Structure, model_sha256: str) -> str:
         """Duplicate-detection key of ``structure`` computed with this maker and model."""
         return dedup_key(structure_fingerprint(structure), model_sha256, self.settings_digest())
+
+    def keys(self, structure: Structure, model_sha256: str) -> list[str]:
+        """:meth:`key` first, then the keys earlier versions gave the same run (:func:`settings_digests`)."""
+        fp = structure_fingerprint(structure)
+        return [dedup_key(fp, model_sha256, d) for d in
+                settings_digests(self.harmonic.to_dict(), self.tdph.to_dict(), self.temperatures)]
 
     def make(self, structure: Structure | str, label: str | None = None, model_sha256: str | None = None,
              metadata: dict[str, Any] | None = None) -> Flow:

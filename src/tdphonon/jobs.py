@@ -33,7 +33,7 @@ from tdphonon.harmonic import HarmonicSettings, _json_default, harmonic_phonons,
 from tdphonon.metrics import drop_gamma_acoustic, harmonic_thermal_properties
 from tdphonon.pipeline import named_qpoints
 from tdphonon.potentials import hardware_info, load_potential, package_versions
-from tdphonon.renormalize import FCProjector, TDPHSettings, initial_samples, renormalize
+from tdphonon.renormalize import OPTION_HISTORY, FCProjector, TDPHSettings, initial_samples, renormalize
 from tdphonon.sampling import full_force_constants
 from tdphonon.schemas import TDPhononDoc, TemperatureDoc, dedup_key
 from tdphonon.structures import load_structure, spacegroup, structure_fingerprint
@@ -284,15 +284,52 @@ def metrics_job(harmonic: Mapping[str, Any], force_constants: Mapping[str, Any],
     )
 
 
+def _digest_payload(harmonic_settings: Mapping[str, Any], tdph: Mapping[str, Any],
+                    temperatures: Sequence[float]) -> str:
+    payload = {"harmonic": dict(harmonic_settings), "tdph": dict(tdph),
+               "temperatures": sorted(round(float(t), 6) for t in temperatures)}
+    return hashlib.sha256(json.dumps(_jsonable(payload), sort_keys=True).encode()).hexdigest()
+
+
+def _tdph(tdph_settings: Mapping[str, Any]) -> TDPHSettings:
+    d = {k: v for k, v in dict(tdph_settings).items() if k != "digest"}
+    return TDPHSettings.from_dict({**TDPHSettings().to_dict(), **d})
+
+
 def settings_digest(harmonic_settings: Mapping[str, Any], tdph_settings: Mapping[str, Any],
                     temperatures: Sequence[float]) -> str:
     """sha256 of everything besides structure and model that determines a material's result.
 
-    TDPH options added later that are off (:meth:`TDPHSettings.without_off_options`) are left out, so
-    adding such an option does not change the keys of stored results (resubmitting a campaign still
-    finds its duplicates).
+    Canonical form: the TDPH options that cannot change this run's result
+    (:meth:`TDPHSettings.inert_options`) are left out, and so are the options added later
+    (:data:`~tdphonon.renormalize.OPTION_HISTORY`) that hold the value reproducing the behaviour from
+    before they existed. So neither a new option nor an option that does nothing here changes the
+    key; results stored under the keys of earlier versions are found through :func:`settings_digests`.
     """
-    tdph = TDPHSettings.without_off_options({k: v for k, v in dict(tdph_settings).items() if k != "digest"})
-    payload = {"harmonic": dict(harmonic_settings), "tdph": tdph,
-               "temperatures": sorted(round(float(t), 6) for t in temperatures)}
-    return hashlib.sha256(json.dumps(_jsonable(payload), sort_keys=True).encode()).hexdigest()
+    ts = _tdph(tdph_settings)
+    inert = ts.inert_options()
+    d = ts.to_dict()
+    for _, added in OPTION_HISTORY:
+        inert |= {k for k, old in added.items() if old is not None and d[k] == old}
+    return _digest_payload(harmonic_settings, {k: v for k, v in d.items() if k not in inert}, temperatures)
+
+
+def settings_digests(harmonic_settings: Mapping[str, Any], tdph_settings: Mapping[str, Any],
+                     temperatures: Sequence[float]) -> list[str]:
+    """The canonical :func:`settings_digest` first, then every digest an earlier version gave the same run.
+
+    Campaign keys of versions up to 055ba23 hashed every TDPH option that existed then. A run with
+    today's settings has the key of the version before an entry of
+    :data:`~tdphonon.renormalize.OPTION_HISTORY` when each option added since then has no effect
+    here or holds its old-behaviour value (e.g. a one-shot run: every version; a self-consistent run
+    with ``adaptive_mixing=True``: only the versions that had adaptive mixing).
+    """
+    ts = _tdph(tdph_settings)
+    d, inert = ts.to_dict(), ts.inert_options()
+    out = [settings_digest(harmonic_settings, tdph_settings, temperatures)]
+    for i in range(len(OPTION_HISTORY), -1, -1):  # newest form first
+        later = {k: old for _, added in OPTION_HISTORY[i:] for k, old in added.items()}
+        if all(k in inert or (old is not None and d[k] == old) for k, old in later.items()):
+            out.append(_digest_payload(harmonic_settings, {k: v for k, v in d.items() if k not in later},
+                                       temperatures))
+    return list(dict.fromkeys(out))

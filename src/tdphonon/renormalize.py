@@ -130,9 +130,26 @@ Estimator = Literal["hessian", "force_fit", "quartic_fit"]
 # --------------------------------------------------------------------------------------------
 # settings
 # --------------------------------------------------------------------------------------------
-#: options added after results were stored, and their "off" value: left out of digests and campaign keys
-#: while off (:meth:`TDPHSettings.without_off_options`)
+#: options added after results were stored, and their "off" value: left out of :meth:`TDPHSettings.digest`
+#: while off (:meth:`TDPHSettings.without_off_options`; campaign keys use :data:`OPTION_HISTORY`)
 _OFF_OPTIONS: dict[str, Any] = {"noise_tol": 0.0}
+
+#: TDPH options added after campaigns first stored results (commit 9f49e15), oldest first: the commit
+#: that added them and, per option, the value that reproduces the behaviour from before it existed
+#: (``None``: no value does, so a key from before applies only where the option has no effect, see
+#: :meth:`TDPHSettings.inert_options`). Campaign keys (:func:`tdphonon.jobs.settings_digests`) use it
+#: to find results stored by earlier versions. A new option goes at the end, with that value.
+OPTION_HISTORY: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("7e58118", {"reuse_samples": False, "min_effective_fraction": None}),
+    ("4b95bbd", {"quartic_shells": None, "quartic_acoustic_sum_rules": None}),
+    ("934842f", {"quartic_output": "estimate"}),
+    ("8949713", {"adaptive_mixing": False, "min_mixing": None}),
+    ("d61c802", {"noise_tol": 0.0}),
+)
+
+#: options of the self-consistent iteration (no effect on one-shot runs)
+_SC_ONLY_OPTIONS = frozenset({"mixing", "adaptive_mixing", "min_mixing", "tol_thz", "noise_tol", "max_iterations",
+                              "warm_start", "reuse_samples", "min_effective_fraction", "quartic_output"})
 
 
 @dataclass(frozen=True)
@@ -281,9 +298,27 @@ class TDPHSettings:
     def without_off_options(d: Mapping[str, Any]) -> dict[str, Any]:
         """``d`` without the options added after results were stored that are off (``noise_tol`` = 0).
 
-        Digests and campaign keys hash this, so adding such an option keeps the keys of stored results.
+        :meth:`digest` hashes this, so adding such an option keeps the digests of stored results.
         """
         return {k: v for k, v in d.items() if not (k in _OFF_OPTIONS and v == _OFF_OPTIONS[k])}
+
+    def inert_options(self) -> frozenset[str]:
+        """Names of the options that cannot change the result of a run with these settings.
+
+        The self-consistent options in a one-shot run, the ``quartic_*`` options with another
+        estimator, ``min_mixing`` without adaptive mixing, ``min_effective_fraction`` without
+        ``reuse_samples``.
+        """
+        inert = set()
+        if not self.self_consistent:
+            inert |= _SC_ONLY_OPTIONS
+        if self.estimator != "quartic_fit":
+            inert |= {"quartic_shells", "quartic_acoustic_sum_rules", "quartic_output"}
+        if not self.adaptive_mixing:
+            inert.add("min_mixing")
+        if not self.reuse_samples:
+            inert.add("min_effective_fraction")
+        return frozenset(inert)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TDPHSettings:
