@@ -10,6 +10,11 @@ same q-points (``validation_SrTiO3.json``). The question: does stopping on the n
 answer for fewer force calls?
 
     python benchmarks/noise_stop.py [--models sevennet-0 DIR ...] [--noise-tol 3] [--temperatures 300 600]
+        [--target-error 0.15] [--merge]
+
+``--target-error e`` adds, per ``--noise-tol`` value, a run that stops on noise only once the largest
+frequency error is ≤ e THz (``target_error_thz``: precision on demand). ``--merge`` keeps the runs
+already in the output file and computes only the missing ones.
 
 Writes ``benchmarks/results/noise_stop_SrTiO3.json``.
 """
@@ -32,13 +37,16 @@ SHARED = Path(os.environ.get("TDPHONON_SHARED", ROOT.parent / "shared"))
 OUT = ROOT / "benchmarks" / "results" / "noise_stop_SrTiO3.json"
 
 
-def run_one(potential, temperatures: list[float], noise_tol: float, n_configurations: int) -> dict:
-    """Self-consistent TDPH of SrTiO3 (validation settings) with ``noise_tol``; per temperature a summary."""
+def run_one(potential, temperatures: list[float], noise_tol: float, n_configurations: int,
+            target_error: float = 0.0) -> dict:
+    """Self-consistent TDPH of SrTiO3 (validation settings) with ``noise_tol`` (and ``target_error_thz``);
+    per temperature a summary."""
     import validation_SrTiO3 as v
 
     from tdphonon.pipeline import run_tdph
 
-    ts = dataclasses.replace(v.tdph_settings(True, n_configurations), noise_tol=noise_tol)
+    ts = dataclasses.replace(v.tdph_settings(True, n_configurations), noise_tol=noise_tol,
+                             target_error_thz=target_error)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # unconverged runs and policy notes are reported in the result
@@ -68,6 +76,8 @@ def main(argv=None) -> int:
     ap.add_argument("--noise-tol", type=float, nargs="+", default=[3.0])
     ap.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 600.0])
     ap.add_argument("--n-configurations", type=int, default=32)
+    ap.add_argument("--target-error", type=float, nargs="*", default=[])
+    ap.add_argument("--merge", action="store_true", help="keep the runs already in --out; compute the others")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     from tdphonon.potentials import load_potential
@@ -77,16 +87,29 @@ def main(argv=None) -> int:
     result: dict = {"description": __doc__.strip().splitlines()[0],
                     "dft_scph_2x2x2": {"r_soft_thz": scph["r_soft_thz"], "gamma_to1_thz": scph["gamma_to1_thz"]},
                     "n_configurations": args.n_configurations, "models": {}}
+    old = json.loads(Path(args.out).read_text()) if args.merge and Path(args.out).exists() else {}
+    if old and old.get("n_configurations") != args.n_configurations:
+        ap.error(f"--merge: {args.out} has n_configurations {old.get('n_configurations')}")
+    variants = [(0.0, 0.0)] + [(z, 0.0) for z in args.noise_tol] + \
+        [(z, e) for z in args.noise_tol for e in args.target_error]
     for spec in args.models:
         pot = load_potential(spec, device="cpu")
-        runs = {}
-        for z in [0.0, *args.noise_tol]:
-            runs[f"noise_tol_{z:g}"] = run_one(pot, list(args.temperatures), z, args.n_configurations)
-            for t, s in runs[f"noise_tol_{z:g}"]["temperatures"].items():
-                print(f"{pot.identity.name} noise_tol={z:g} {t}: {s['n_iterations']} iterations, "
+        stored = old.get("models", {}).get(pot.identity.name, {})
+        if stored and stored["model"]["sha256"] != pot.identity.sha256:
+            ap.error(f"--merge: {pot.identity.name} in {args.out} is another model (sha256)")
+        runs = dict(stored.get("runs", {}))
+        for z, e in variants:
+            name = f"noise_tol_{z:g}" + (f"_target_{e:g}" if e else "")
+            if name in runs:
+                continue
+            runs[name] = run_one(pot, list(args.temperatures), z, args.n_configurations, e)
+            for t, s in runs[name]["temperatures"].items():
+                print(f"{pot.identity.name} {name} {t}: {s['n_iterations']} iterations, "
                       f"{s['force_calls']} force calls, converged {s['converged']} ({s['converged_on']}), "
-                      f"R {s['r_soft_thz']:.2f} THz", flush=True)
+                      f"R {s['r_soft_thz']:.2f} ± {s['max_frequency_error_thz']:.2f} THz", flush=True)
         result["models"][pot.identity.name] = {"model": pot.identity.to_dict(), "runs": runs}
+    for name, m in old.get("models", {}).items():  # models not rerun this time
+        result["models"].setdefault(name, m)
     write_result(result, Path(args.out))
     return 0
 

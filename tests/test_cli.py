@@ -97,6 +97,13 @@ def test_cli_reports_bad_input_clearly(tmp_path):
     assert "overlap" in res.output and "overlapping atoms" in res.output
 
 
+def test_run_target_error_needs_the_noise_stop_and_the_pool(tmp_path, srtio3_cif):
+    """--target-error without --noise-tol/--reuse-samples stops before any model is loaded, saying why."""
+    res = runner.invoke(app, ["run", str(srtio3_cif), "--model", "no-such-model", "--self-consistent",
+                              "--noise-tol", "3", "--target-error", "0.1", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "target_error_thz" in res.output and "reuse_samples" in res.output
+
+
 def test_campaign_tdph_settings_file(tmp_path):
     """``--tdph-settings`` (JSON or YAML) sets any TDPHSettings field of a campaign; bad files fail clearly
     before any material is read."""

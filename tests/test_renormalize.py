@@ -268,6 +268,41 @@ def test_noise_tol_stops_at_the_noise_floor_on_the_fixed_point(nacl, reuse):
         dataclasses.replace(base, noise_tol=2.0, n_seeds_for_error=2)
 
 
+def test_target_error_samples_on_at_the_fixed_point_until_precise(nacl):
+    """``target_error_thz`` with the noise stop and reuse: where the plain noise stop ends with error e,
+    a target below e keeps sampling at the fixed point (the reweighted pool grows) until the largest
+    frequency error is ≤ the target; same fixed point, smaller error, more force calls. An unreachable
+    target ends as not converged, saying why."""
+    ph, proj, fc0 = nacl
+    t = 600.0
+    pot = _pot(ph, fc0, LAMBDA)
+    base = TDPHSettings(estimator="force_fit", n_configurations=16, self_consistent=True, tol_thz=1e-4,
+                        max_iterations=15, seed=5, reuse_samples=True, noise_tol=3.0)
+    r0 = renormalize(ph, pot, [t], base, "NaCl-quartic", projector=proj)[0]
+    e0 = r0.history[-1]["frequency_error_thz"]
+    target = 0.6 * e0
+    r = renormalize(ph, pot, [t], dataclasses.replace(base, target_error_thz=target), "NaCl-quartic",
+                    projector=proj)[0]
+    last = r.history[-1]
+    assert r.converged and last["converged_on"] == "noise" and r.n_iterations > r0.n_iterations
+    assert last["frequency_error_thz"] <= target and last["residual_sigmas"] < 3.0
+    assert any(h.get("above_target_error") for h in r.history[:-1])
+    assert np.nanmax(r.frequency_error) == pytest.approx(last["frequency_error_thz"], rel=1e-9)  # same blocks
+    assert r.force_calls > r0.force_calls
+    fp = _freqs(ph, _fixed_point(ph, proj, fc0, t, "force_fit"))
+    assert np.abs(r.frequencies - fp).max() <= 4 * np.nanmax(r.frequency_error) + 3.0 * target
+    with pytest.warns(UserWarning, match="frequency error .* > target"):
+        bad = renormalize(ph, pot, [t], dataclasses.replace(base, target_error_thz=1e-4, max_iterations=6),
+                          "NaCl-quartic", projector=proj)[0]
+    assert not bad.converged and bad.n_iterations == 6
+    # off by default and absent from the digest then; needs the noise stop and the pool
+    assert dataclasses.replace(base, target_error_thz=0.0).digest() == base.digest()
+    assert dataclasses.replace(base, target_error_thz=target).digest() != base.digest()
+    for kw in ({"noise_tol": 0.0}, {"reuse_samples": False}):
+        with pytest.raises(ValueError, match="target_error_thz"):
+            dataclasses.replace(base, target_error_thz=0.1, **kw)
+
+
 def test_adaptive_mixing_converges_a_double_well_that_plain_mixing_cycles(nacl):
     """A double well Φ⁰ = −Φ_NaCl stabilised by a strong on-site quartic term (λ = 100 eV/Å⁴).
 
@@ -741,3 +776,19 @@ def test_quartic_fit_error_bars_and_sample_reuse(nacl):
     assert r.converged and np.abs(r.frequencies - fp).max() < 1e-5
     assert r.history[-1]["pool"]["n_configurations"] > 4
     assert np.nanmax(r.frequency_error) < 1e-6
+
+
+def test_settings_stored_by_earlier_versions_read_as_they_ran():
+    """A spec stored before adaptive mixing / noise_tol / reuse / quartic_output existed (e.g. a firework
+    rerun after an upgrade) runs as it did then, not with today's defaults; the digest is unchanged."""
+    from tdphonon.renormalize import OPTION_HISTORY, TDPHSettings
+
+    added = {k for _, opts in OPTION_HISTORY for k in opts}
+    old = {k: v for k, v in TDPHSettings(self_consistent=True).to_dict().items() if k not in added}
+    st = TDPHSettings.from_stored(old)
+    assert st.adaptive_mixing is False and st.reuse_samples is False and st.noise_tol == 0.0
+    assert st.quartic_output == "estimate"  # quartic SC returned the estimate before 934842f
+    assert (st.quartic_shells, st.min_mixing) == (TDPHSettings().quartic_shells, TDPHSettings().min_mixing)
+    assert TDPHSettings.from_dict(old).adaptive_mixing is True  # from_dict: today's defaults
+    full = TDPHSettings(self_consistent=True, noise_tol=3.0).to_dict()
+    assert TDPHSettings.from_stored({**full, "digest": "x"}) == TDPHSettings.from_dict(full)  # complete: as is

@@ -169,6 +169,9 @@ def run(
     noise_tol: Annotated[float, typer.Option(
         help="self-consistent: also converged when every frequency changed by less than this many of its "
              "standard errors (batch means; e.g. 3; 0: --tol only)")] = 0.0,
+    target_error: Annotated[float, typer.Option(
+        help="with --noise-tol and --reuse-samples: stop on noise only once the largest frequency error "
+             "is also ≤ this (THz; the pool keeps growing at the fixed point; 0: any error)")] = 0.0,
     seed: SeedOpt = 0,
     n_seeds: Annotated[int, typer.Option(help="independent seeds for the error bar (1: block means)")] = 1,
     reuse_samples: Annotated[bool, typer.Option(
@@ -198,7 +201,7 @@ def run(
         ts = _tdph_settings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
                             sampling=sampling, quantum=not classical, policy=policy, mixing=mixing,
                             adaptive_mixing=adaptive_mixing, max_iterations=max_iterations, tol_thz=tol,
-                            noise_tol=noise_tol, seed=seed, n_seeds_for_error=n_seeds, reuse_samples=reuse_samples)
+                            noise_tol=noise_tol, target_error_thz=target_error, seed=seed, n_seeds_for_error=n_seeds, reuse_samples=reuse_samples)
         spec = resolve_model_spec(model)
         label = Path(structure).stem
         struct = load_structure(structure, label)

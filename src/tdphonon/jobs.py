@@ -137,6 +137,13 @@ def harmonic_phonons_job(structure: Structure | Mapping | str, model: str, harmo
     }
 
 
+def _job_settings(tdph_settings: Mapping | None) -> TDPHSettings:
+    """A job's TDPH settings: the full dict :class:`~tdphonon.flows.TDPhononMaker` stores in the job's
+    spec (``None``: the defaults). A spec stored by an earlier version, rerun today, lacks the options
+    added since; they read as the behaviour of that version (:meth:`TDPHSettings.from_stored`)."""
+    return TDPHSettings.from_stored(tdph_settings) if tdph_settings else TDPHSettings()
+
+
 @job(data=["displacements"])
 def sampling_job(harmonic: Mapping[str, Any], temperatures: Sequence[float], tdph_settings: Mapping | None = None,
                  label: str | None = None) -> dict[str, Any]:
@@ -148,7 +155,7 @@ def sampling_job(harmonic: Mapping[str, Any], temperatures: Sequence[float], tdp
     """
     t0 = time.perf_counter()
     label = label or harmonic["label"]
-    ts = TDPHSettings.from_dict(tdph_settings or {})
+    ts = _job_settings(tdph_settings)
     ph = phonopy_from_output(harmonic)
     proj = FCProjector.from_phonopy(ph)
     temps = [float(t) for t in temperatures]
@@ -170,7 +177,7 @@ def force_constants_job(harmonic: Mapping[str, Any], sampling: Mapping[str, Any]
     """Φ(T) at every temperature (:func:`tdphonon.renormalize.renormalize`); Φ's to the data store."""
     t0 = time.perf_counter()
     label = label or harmonic["label"]
-    ts = TDPHSettings.from_dict(tdph_settings or {})
+    ts = _job_settings(tdph_settings)
     pot, load_info = _load(model, device, label)
     ph = phonopy_from_output(harmonic)
     given = None
@@ -223,7 +230,7 @@ def metrics_job(harmonic: Mapping[str, Any], force_constants: Mapping[str, Any],
     """
     t0 = time.perf_counter()
     label = label or harmonic["label"]
-    ts = TDPHSettings.from_dict(tdph_settings or {})
+    ts = _job_settings(tdph_settings)
     fcs = force_constants["force_constants"]
     structure = _structure(harmonic["structure"])
     temps_docs: list[TemperatureDoc] = []

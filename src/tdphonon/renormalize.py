@@ -132,7 +132,7 @@ Estimator = Literal["hessian", "force_fit", "quartic_fit"]
 # --------------------------------------------------------------------------------------------
 #: options added after results were stored, and their "off" value: left out of :meth:`TDPHSettings.digest`
 #: while off (:meth:`TDPHSettings.without_off_options`; campaign keys use :data:`OPTION_HISTORY`)
-_OFF_OPTIONS: dict[str, Any] = {"noise_tol": 0.0}
+_OFF_OPTIONS: dict[str, Any] = {"noise_tol": 0.0, "target_error_thz": 0.0}
 
 #: TDPH options added after campaigns first stored results (commit 9f49e15), oldest first: the commit
 #: that added them and, per option, the value that reproduces the behaviour from before it existed
@@ -145,11 +145,13 @@ OPTION_HISTORY: tuple[tuple[str, dict[str, Any]], ...] = (
     ("934842f", {"quartic_output": "estimate"}),
     ("8949713", {"adaptive_mixing": False, "min_mixing": None}),
     ("d61c802", {"noise_tol": 0.0}),
+    ("target_error_thz", {"target_error_thz": 0.0}),
 )
 
 #: options of the self-consistent iteration (no effect on one-shot runs)
-_SC_ONLY_OPTIONS = frozenset({"mixing", "adaptive_mixing", "min_mixing", "tol_thz", "noise_tol", "max_iterations",
-                              "warm_start", "reuse_samples", "min_effective_fraction", "quartic_output"})
+_SC_ONLY_OPTIONS = frozenset({"mixing", "adaptive_mixing", "min_mixing", "tol_thz", "noise_tol", "target_error_thz",
+                              "max_iterations", "warm_start", "reuse_samples", "min_effective_fraction",
+                              "quartic_output"})
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,12 @@ class TDPHSettings:
         less than ``noise_tol`` of its standard errors (batch means over ``n_blocks_for_error``
         blocks; needs ``n_seeds_for_error = 1``; acoustic Γ modes left out; 3 is a sensible value).
         0 (default): ``tol_thz`` only.
+    target_error_thz
+        With ``noise_tol`` and ``reuse_samples``: the noise stop waits until the largest standard error
+        of the commensurate-q frequencies is also ≤ this (THz). At the fixed point every iteration adds
+        its configurations to the reweighted pool, so the error falls like 1/√(pool) and the run buys
+        the precision asked for (or reports ``converged = False`` at ``max_iterations``). 0 (default):
+        stop on noise at any error.
     seed
         Base seed; per-temperature, per-iteration seeds are derived from it.
     n_seeds_for_error
@@ -235,6 +243,7 @@ class TDPHSettings:
     min_mixing: float = 0.05
     tol_thz: float = 0.05
     noise_tol: float = 0.0
+    target_error_thz: float = 0.0
     max_iterations: int = 20
     seed: int = 0
     n_seeds_for_error: int = 1
@@ -282,6 +291,9 @@ class TDPHSettings:
         if self.noise_tol < 0 or (self.noise_tol > 0 and self.n_seeds_for_error > 1):
             raise ValueError("noise_tol must be ≥ 0, and > 0 only with n_seeds_for_error = 1 (its standard "
                              "errors are batch means of each iteration's configurations)")
+        if self.target_error_thz < 0 or (self.target_error_thz > 0 and not (self.noise_tol > 0 and self.reuse_samples)):
+            raise ValueError("target_error_thz must be ≥ 0, and > 0 only with noise_tol > 0 and reuse_samples=True "
+                             "(without the pool each iteration's error stays at the one-iteration level)")
         if self.n_seeds_for_error < 1 or self.n_blocks_for_error < 1:
             raise ValueError("n_seeds_for_error and n_blocks_for_error must be ≥ 1")
         if self.reuse_samples and self.sampling != "gaussian":
@@ -324,17 +336,28 @@ class TDPHSettings:
     def from_dict(cls, d: Mapping[str, Any]) -> TDPHSettings:
         return cls(**dict(d))
 
+    @classmethod
+    def from_stored(cls, d: Mapping[str, Any]) -> TDPHSettings:
+        """Settings stored by any version (a firework spec, a result document): an option added since
+        (:data:`OPTION_HISTORY`) that ``d`` lacks takes the value that reproduces the behaviour from
+        before it existed (e.g. ``adaptive_mixing=False``), not today's default; other missing
+        options take their defaults. A rerun of a stored firework then does what it did then."""
+        old = {k: v for _, added in OPTION_HISTORY for k, v in added.items() if v is not None}
+        d = {k: v for k, v in dict(d).items() if k != "digest"}
+        return cls(**{**old, **d})
+
     def digest(self) -> str:
         """sha256 of the sorted-key JSON of :meth:`to_dict` (stable across runs and processes).
 
         The ``quartic_*`` options enter only with ``estimator='quartic_fit'`` (the only estimator
         they affect), so digests of the other estimators are those of earlier versions; likewise
         ``adaptive_mixing``/``min_mixing`` enter only self-consistent digests (one-shot digests are
-        unchanged), and ``noise_tol`` only when it is on.
+        unchanged), and ``noise_tol`` / ``target_error_thz`` only when they are on.
         """
         d = self.without_off_options(self.to_dict())
         if not self.self_consistent:
             d.pop("noise_tol", None)
+            d.pop("target_error_thz", None)
         if self.estimator != "quartic_fit":
             d = {k: v for k, v in d.items() if not k.startswith("quartic_")}
         if not self.self_consistent:
@@ -929,6 +952,7 @@ def renormalize_temperature(
     reuse = s.reuse_samples and s.self_consistent
     pool: list[_Ensemble] = []
     alpha, prev_step = s.mixing, None
+    noise_blocks: tuple[_Estimate, list[np.ndarray]] | None = None  # the noise stop's last block estimates
     for it in range(n_iter):
         modes = modes0 if fc_in is ctx.fc0 else normal_modes(sc, fc_in, prim, method=s.mode_method)
         cov = thermal_covariance(modes, temperature, s.quantum, s.policy)
@@ -974,8 +998,12 @@ def renormalize_temperature(
                 ferr = _std_err([commensurate_frequencies(sc, prim, b)[1] for b in blocks])
                 keep = ~_gamma_acoustic_mask(qpts, f_out)
                 z = float(np.max(np.abs(f_out - f_in)[keep] / np.maximum(ferr[keep], 1e-9)))
-                history[-1].update(frequency_error_thz=float(np.max(ferr[keep])), residual_sigmas=z)
-                if z < s.noise_tol:
+                err = float(np.max(ferr[keep]))
+                history[-1].update(frequency_error_thz=err, residual_sigmas=z)
+                noise_blocks = (est, blocks)
+                if z < s.noise_tol and err > s.target_error_thz > 0:
+                    history[-1]["above_target_error"] = True  # on the fixed point: sample on, the pool grows
+                elif z < s.noise_tol:
                     converged = True
                     history[-1]["converged_on"] = "noise"
                     break
@@ -997,7 +1025,10 @@ def renormalize_temperature(
     if s.self_consistent and not converged:
         warnings.warn(f"[{label}] self-consistent renormalisation at T={temperature:g} K did not converge in "
                       f"{n_iter} iterations (last residual {history[-1]['residual_thz']:.3g} THz > "
-                      f"{s.tol_thz:g} THz)", stacklevel=2)
+                      f"{s.tol_thz:g} THz" + (f"; on the noise floor, but the frequency error "
+                                              f"{history[-1]['frequency_error_thz']:.3g} THz > target "
+                                              f"{s.target_error_thz:g} THz" if history[-1].get("above_target_error")
+                                              else "") + ")", stacklevel=2)
     # final estimate(s) at the last Σ
     estimates = [est]
     sampled = [cur]  # configurations drawn from the final Σ (σᴬ)
@@ -1042,7 +1073,8 @@ def renormalize_temperature(
     fc_t = np.mean(outputs, axis=0)
     if len(outputs) >= 2:
         members, method = outputs, "independent seeds"
-    elif len(blocks := _block_estimates(ctx, est, finish)) >= 2:
+    elif len(blocks := (noise_blocks[1] if finish is None and noise_blocks and noise_blocks[0] is est
+                        else _block_estimates(ctx, est, finish))) >= 2:
         members, method = blocks, f"batch means ({len(blocks)} blocks)"
     else:
         members, method = [], "none"
