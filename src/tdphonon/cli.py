@@ -201,7 +201,8 @@ def run(
         ts = _tdph_settings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
                             sampling=sampling, quantum=not classical, policy=policy, mixing=mixing,
                             adaptive_mixing=adaptive_mixing, max_iterations=max_iterations, tol_thz=tol,
-                            noise_tol=noise_tol, target_error_thz=target_error, seed=seed, n_seeds_for_error=n_seeds, reuse_samples=reuse_samples)
+                            noise_tol=noise_tol, target_error_thz=target_error, seed=seed,
+                            n_seeds_for_error=n_seeds, reuse_samples=reuse_samples)
         spec = resolve_model_spec(model)
         label = Path(structure).stem
         struct = load_structure(structure, label)

@@ -145,7 +145,7 @@ OPTION_HISTORY: tuple[tuple[str, dict[str, Any]], ...] = (
     ("934842f", {"quartic_output": "estimate"}),
     ("8949713", {"adaptive_mixing": False, "min_mixing": None}),
     ("d61c802", {"noise_tol": 0.0}),
-    ("target_error_thz", {"target_error_thz": 0.0}),
+    ("a41d854", {"target_error_thz": 0.0}),
 )
 
 #: options of the self-consistent iteration (no effect on one-shot runs)
