@@ -93,6 +93,44 @@ def test_model_cache_loads_once(sevennet):
     assert sevennet.identity.sha256 != "unknown"
 
 
+_FORCES_HASH = """
+import hashlib, sys
+import numpy as np
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+from tdphonon.potentials import load_potential
+s = Structure.from_file(sys.argv[1]); s.make_supercell([3, 3, 3])
+a = AseAtomsAdaptor.get_atoms(s)
+a.positions += np.random.default_rng(0).normal(scale=0.05, size=a.positions.shape)
+print(hashlib.sha256(np.asarray(load_potential("sevennet-0", device="cpu").forces([a])).tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.mlip
+def test_forces_are_bitwise_reproducible_across_processes(srtio3_cif):
+    """SevenNet-0 on 2 CPU threads gave forces that differed in the last bits from process to process
+    (135-atom SrTiO3); evaluated under torch's deterministic algorithms they are the same bits."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    out = [subprocess.run([sys.executable, "-c", _FORCES_HASH, str(srtio3_cif)], env=env, capture_output=True,
+                          text=True, check=True).stdout.split()[-1] for _ in range(3)]
+    assert len(set(out)) == 1, out
+
+
+def test_deterministic_torch_restores_the_previous_mode():
+    import torch
+
+    from tdphonon.potentials import deterministic_torch
+
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_torch():
+        assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
 def test_random_matgl_model_dir_runs(random_m3gnet_dir):
     pot = load_potential(random_m3gnet_dir, device="cpu")
     f = pot.forces(_rattled(bulk("NaCl", "rocksalt", a=5.6), n=2))

@@ -25,7 +25,7 @@ from phonopy import Phonopy
 from pymatgen.core import Structure
 
 from tdphonon.errors import RelaxationError, StructureError
-from tdphonon.potentials import Potential, hardware_info, package_versions
+from tdphonon.potentials import Potential, deterministic_torch, hardware_info, package_versions
 from tdphonon.structures import (
     from_phonopy_atoms,
     load_structure,
@@ -169,8 +169,9 @@ def relax_structure(
     atoms.set_constraint(FixSymmetry(atoms, symprec=1e-3))
     target = FrechetCellFilter(atoms) if relax_cell else atoms
     opt = BFGS(target, logfile=None, maxstep=0.1)
-    converged = bool(opt.run(fmax=fmax, steps=steps))
-    forces = atoms.get_forces()
+    with deterministic_torch():  # the ASE calculator evaluates the model outside Potential's own calls
+        converged = bool(opt.run(fmax=fmax, steps=steps))
+        forces = atoms.get_forces()
     fmax_now = float(np.max(np.linalg.norm(forces, axis=1))) if len(atoms) else 0.0
     energy = float(atoms.get_potential_energy()) / len(atoms)
     if not np.isfinite(energy) or not np.all(np.isfinite(forces)):

@@ -26,6 +26,7 @@ Units: eV, Å; forces eV/Å; Hessians eV/Å².
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import hashlib
 import json
@@ -33,7 +34,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -57,6 +58,43 @@ _SEVENNET_ALIASES = {"sevennet", "sevennet-0", "7net-0", "sevennet_0", "sevennet
 # --------------------------------------------------------------------------------------------
 # identity
 # --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def deterministic_torch() -> Iterator[None]:
+    """Torch's deterministic algorithms inside the block (the previous mode is restored afterwards).
+
+    Without them, multi-threaded CPU reductions of some models add in an order that differs from
+    process to process: SevenNet-0 forces on a 135-atom SrTiO3 cell differed in the last bits between
+    two runs, and fine-tuning amplifies such differences (docs/finetune.md). With them, model
+    evaluation and CPU training are bitwise reproducible, at no measurable cost on the CPU
+    (``tests/test_potentials.py``, ``tests/test_finetune_train.py``). ``warn_only``: an op without a
+    deterministic implementation (some CUDA kernels) warns instead of failing; CUDA also needs
+    ``CUBLAS_WORKSPACE_CONFIG``, set here when absent (effective before the process first uses cuBLAS).
+    """
+    try:
+        import torch
+    except ImportError:  # analytic potentials only
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def deterministic(fn: Callable) -> Callable:
+    """Decorator: run ``fn`` inside :func:`deterministic_torch`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with deterministic_torch():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Return the hex sha256 of one file."""
     h = hashlib.sha256()
@@ -289,7 +327,7 @@ class Potential(abc.ABC):
             self.check_elements(a.get_chemical_symbols(), _label(labels, i, a))
         energies: list[float] = []
         forces: list[np.ndarray] = []
-        with self._lock:
+        with self._lock, deterministic_torch():
             for chunk in batches(atoms_list, self.batch_size, self.max_batch_atoms):
                 e, f = self._compute(chunk)
                 energies.extend(np.asarray(e, dtype=float).tolist())
@@ -443,6 +481,7 @@ class MatglPotential(Potential):
     #: Hessian routes of :meth:`hessians`
     HESSIAN_ROUTES = ("rows", "replicate", "vmap")
 
+    @deterministic
     def hessians(self, atoms_list: Sequence[Atoms], delta: float = 0.01,
                  labels: Sequence[str] | None = None, rows_per_batch: int | None = None,
                  route: str | None = None) -> np.ndarray:

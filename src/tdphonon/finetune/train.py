@@ -36,6 +36,7 @@ from tdphonon.errors import TDPhononError, UnsupportedElementsError
 from tdphonon.evaluation import ReferenceSet, compare_with_reference
 from tdphonon.potentials import (
     MatglPotential,
+    deterministic,
     hardware_info,
     load_potential,
     package_versions,
@@ -231,6 +232,7 @@ def phonon_mae(pot: MatglPotential, references: Sequence[ReferenceSet]) -> dict[
     return {"mean": mean, "per_set": per, "errors": errors}
 
 
+@deterministic  # bitwise-reproducible CPU training (multi-threaded scatter sums in a fixed order)
 def fine_tune(
     base_model: str | Path,
     train: Sequence[Atoms],
@@ -418,6 +420,7 @@ def fine_tune(
         **({"val_phonon_mae_thz": {"before": before.get("val_phonon_mae_thz"), "after": phonon_mae(pot, refs)["mean"],
                                    "sets": [r.name for r in refs]}} if refs else {}),
         "train_seconds": elapsed0 + time.perf_counter() - t_start, "hardware": hardware_info(pot.device),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "packages": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (out / "history.json").write_text(json.dumps(history, indent=1))
