@@ -34,7 +34,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -56,7 +56,7 @@ _SEVENNET_ALIASES = {"sevennet", "sevennet-0", "7net-0", "sevennet_0", "sevennet
 
 
 # --------------------------------------------------------------------------------------------
-# identity
+# reproducibility
 # --------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def deterministic_torch() -> Iterator[None]:
@@ -84,17 +84,9 @@ def deterministic_torch() -> Iterator[None]:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
-def deterministic(fn: Callable) -> Callable:
-    """Decorator: run ``fn`` inside :func:`deterministic_torch`."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        with deterministic_torch():
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
+# --------------------------------------------------------------------------------------------
+# identity
+# --------------------------------------------------------------------------------------------
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Return the hex sha256 of one file."""
     h = hashlib.sha256()
@@ -481,7 +473,7 @@ class MatglPotential(Potential):
     #: Hessian routes of :meth:`hessians`
     HESSIAN_ROUTES = ("rows", "replicate", "vmap")
 
-    @deterministic
+    @deterministic_torch()  # a contextlib context manager is also a decorator (a fresh one per call)
     def hessians(self, atoms_list: Sequence[Atoms], delta: float = 0.01,
                  labels: Sequence[str] | None = None, rows_per_batch: int | None = None,
                  route: str | None = None) -> np.ndarray:

@@ -36,7 +36,7 @@ from tdphonon.errors import TDPhononError, UnsupportedElementsError
 from tdphonon.evaluation import ReferenceSet, compare_with_reference
 from tdphonon.potentials import (
     MatglPotential,
-    deterministic,
+    deterministic_torch,
     hardware_info,
     load_potential,
     package_versions,
@@ -232,7 +232,7 @@ def phonon_mae(pot: MatglPotential, references: Sequence[ReferenceSet]) -> dict[
     return {"mean": mean, "per_set": per, "errors": errors}
 
 
-@deterministic  # bitwise-reproducible CPU training (multi-threaded scatter sums in a fixed order)
+@deterministic_torch()  # bitwise-reproducible CPU training (multi-threaded scatter sums in a fixed order)
 def fine_tune(
     base_model: str | Path,
     train: Sequence[Atoms],
