@@ -682,3 +682,100 @@ def test_base_anharmonic_labels_drop_only_the_configurations_where_the_base_extr
     structs, rec = compound_configurations(entry, s, hole)
     assert "thermal_600K" not in rec["counts"] and rec["counts"]["random"] == 2
     assert rec["thermal_dropped"]["600K"] == 4 and not any(a.info.get("temperature") for a in structs)
+
+
+# --------------------------------------------------------------------------------------------
+# replay: base-model labels for structures without DFT data
+# --------------------------------------------------------------------------------------------
+def _lj_potential():
+    from ase.calculators.lj import LennardJones
+
+    from tdphonon.potentials import ASEPotential, ModelIdentity
+
+    calc = LennardJones(sigma=2.5, epsilon=0.01, rc=6.0)
+    return calc, ASEPotential(calc, ModelIdentity("lj-toy", "test", "1" * 64, "ase", "ase", "0"))
+
+
+def test_replay_structures_are_labelled_by_the_base_model(tmp_path, toy_entries):
+    """Replay: elemental crystals + a file, base-model forces, training split only; DFT data unchanged;
+    formulas of DFT compounds (held-out ones above all) and non-crystals are skipped with the reason."""
+    import ase.io
+    from ase import Atoms
+    from ase.build import bulk
+
+    calc, pot = _lj_potential()
+    extra = tmp_path / "extra.extxyz"
+    ase.io.write(extra, [bulk("Cu"), bulk("NaCl", "rocksalt", a=5.64), bulk("KCl", "rocksalt", a=6.29),
+                         Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]])])
+    plain = DatasetSettings(n_random=2, held_out=("kcl",), val_fraction=0.2)
+    s = DatasetSettings(n_random=2, held_out=("kcl",), val_fraction=0.2, replay=("elements", str(extra)), n_replay=3)
+    ds0, ds = build_dataset(toy_entries, plain), build_dataset(toy_entries, s, pot)
+    # the DFT data and their split do not change
+    assert ds.manifest["compounds"] == ds0.manifest["compounds"]
+    dft = [a for a in ds.structures["train"] if a.info["kind"] != "replay:base"]
+    assert [a.info["label"] for a in dft] == [a.info["label"] for a in ds0.structures["train"]]
+    for a, b in zip(dft, ds0.structures["train"], strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
+    for split in ("val", "test"):
+        assert not any(a.info["kind"].startswith("replay") for a in ds.structures[split])
+        assert len(ds.structures[split]) == len(ds0.structures[split])
+    # the elements of the training and validation compounds (K only through KBr: KCl is held out)
+    rep = ds.manifest["replay"]
+    assert rep["elements"] == ["Br", "Cl", "F", "K", "Li", "Mg", "Na", "O"]
+    used = {r["label"]: r for r in rep["structures_used"]}
+    assert set(used) == {"replay:K-bcc", "replay:Li-bcc", "replay:Mg-hcp", "replay:Na-bcc", "replay:extra.extxyz#0"}
+    reasons = {k["label"]: k["reason"] for k in rep["skipped"]}
+    assert "held-out" in reasons["replay:extra.extxyz#2"] and "DFT data" in reasons["replay:extra.extxyz#1"]
+    assert "periodic crystal" in reasons["replay:extra.extxyz#3"] and "diatom" in reasons["replay:O-diatom"]
+    replay = [a for a in ds.structures["train"] if a.info["kind"] == "replay:base"]
+    assert len(replay) == rep["n_structures"] == 5 * 3
+    assert ds.manifest["splits"]["train"]["n_structures"] == len(ds0.structures["train"]) + 15
+    assert ds.manifest["base_model_for_labels"]["sha256"] == "1" * 64
+    cu = [a for a in replay if a.info["label"] == "replay:extra.extxyz#0"]
+    ref = bulk("Cu").repeat((4, 4, 4))  # the smallest n³ with ≥ 32 atoms
+    assert used["replay:extra.extxyz#0"]["n_atoms"] == 64 and len(cu) == 3
+    for a in replay:
+        assert len(a) >= 32 and a.info["split"] == "train" and not a.info["energy_available"]
+        b = a.copy()
+        b.calc = calc
+        np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-12)  # the base model's own forces
+        assert a.info["base_energy"] == pytest.approx(b.get_potential_energy())
+    for a in cu:
+        amp = np.linalg.norm(a.positions - ref.positions, axis=1)
+        assert amp.min() >= 0.01 - 1e-12 and amp.max() <= 0.05 + 1e-12
+    assert np.abs(cu[0].get_forces()).max() > 1e-4  # labels that a wrong geometry would change
+    # seeded: the same settings give the same data; the structures round-trip through extxyz
+    again = build_dataset(toy_entries, s, pot)
+    np.testing.assert_array_equal(again.structures["train"][-1].positions, ds.structures["train"][-1].positions)
+    write_dataset(ds, tmp_path / "ds")
+    back = [a for a in load_dataset(tmp_path / "ds")["train"] if a.info["kind"] == "replay:base"]
+    assert len(back) == 15
+    np.testing.assert_allclose(back[0].get_forces(), replay[0].get_forces(), atol=1e-6)
+    # without the base model there are no labels; a missing file is named
+    with pytest.raises(ValueError, match="base model"):
+        build_dataset(toy_entries, s)
+    with pytest.raises(DataError, match="missing"):
+        build_dataset(toy_entries, DatasetSettings(replay=(str(tmp_path / "nope.cif"),)), pot)
+    with pytest.raises(ValueError, match="n_replay"):
+        DatasetSettings(n_replay=-1)
+    assert DatasetSettings.from_dict(s.to_dict()) == s
+
+
+def test_cli_dataset_with_replay(tmp_path, toy_entry, random_m3gnet_dir):
+    from typer.testing import CliRunner
+
+    from tdphonon.cli import app
+
+    args = ["finetune", "dataset", str(toy_entry.source), "--n-random", "1", "--val-fraction", "0",
+            "--replay", "elements", "--n-replay", "2"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "no-base")])
+    assert res.exit_code != 0 and "base model" in res.output
+    out = tmp_path / "ds"
+    res = CliRunner().invoke(app, [*args, "--out", str(out), "--base-model", str(random_m3gnet_dir)])
+    assert res.exit_code == 0, res.output
+    assert "replay:Cl-orthorhombic" in res.output  # skipped, and said so
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["settings"]["replay"] == ["elements"] and man["base_model_for_labels"]["kind"] == "matgl"
+    assert [r["label"] for r in man["replay"]["structures_used"]] == ["replay:Na-bcc"]
+    kinds = sorted(a.info["kind"] for a in load_dataset(out)["train"])
+    assert kinds == ["random", "replay:base", "replay:base"]

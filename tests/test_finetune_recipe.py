@@ -43,6 +43,9 @@ def test_options_become_settings():
     assert (d.epochs, d.patience, d.device, d.select, d.keep, d.max_raw) == (150, 20, None, "force_mae", "best", 40)
     assert finetune_settings(d).max_seconds is None
     assert not dataset_settings(parse(["--max-raw", "0"])).include_raw
+    assert dataset_settings(d).replay == ()
+    rp = dataset_settings(parse(["--replay", "elements", "extra.cif", "--n-replay", "5"]))
+    assert rp.replay == ("elements", "extra.cif") and rp.n_replay == 5
 
 
 def test_unknown_choices_are_refused(capsys):
@@ -57,7 +60,7 @@ def test_both_scripts_take_the_recipe_options(script):
     out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     for opt in ("--n-modes-unstable", "--thermal-temperatures", "--thermal-labels", "--keep", "--select",
-                "--raw-kinds", "--work", "--out"):
+                "--raw-kinds", "--replay", "--n-replay", "--work", "--out"):
         assert opt in out, (script, opt)
     assert ("--heldout" in out) == (script == "benchmarks/finetune.py")
 

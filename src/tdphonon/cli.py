@@ -665,8 +665,14 @@ def finetune_dataset(
     thermal_labels: Annotated[str, typer.Option(
         help="forces of the thermal configurations: 'harmonic' (F = -Φu) or 'base_anharmonic' (-Φu plus the "
              "base model's anharmonic remainder; needs --base-model)")] = "harmonic",
-    base_model: Annotated[str, typer.Option(help="base model for --thermal-labels base_anharmonic")] = "",
+    base_model: Annotated[str, typer.Option(
+        help="base model for --thermal-labels base_anharmonic and for --replay labels")] = "",
     raw: Annotated[bool, typer.Option(help="add the raw DFT random-displacement configurations")] = False,
+    replay: Annotated[list[str] | None, typer.Option(
+        "--replay", help="structures without DFT data, labelled by --base-model, added to the training split "
+                         "against forgetting: 'elements' (elemental crystals of the data's elements) or a "
+                         "structure file (repeat)")] = None,
+    n_replay: Annotated[int, typer.Option(help="random-displacement configurations per replay structure")] = 10,
     held_out: Annotated[list[str] | None, typer.Option("--held-out", help="label or compound (repeat)")] = None,
     val_fraction: Annotated[float, typer.Option(help="validation fraction of compounds")] = 0.05,
     seed: SeedOpt = 0,
@@ -683,11 +689,12 @@ def finetune_dataset(
                              amplitude_max=amplitude_max,
                              temperatures=tuple(temperature or ()), n_thermal=n_thermal,
                              thermal_labels=thermal_labels, include_raw=raw,
-                             held_out=tuple(held_out or ()), val_fraction=val_fraction, seed=seed)
+                             held_out=tuple(held_out or ()), val_fraction=val_fraction, seed=seed,
+                             replay=tuple(replay or ()), n_replay=n_replay)
         man = make_dataset(sources, out, st, overwrite=overwrite, base_model=base_model or None)
     except (TDPhononError, ValueError, FileExistsError) as exc:
         _fail(exc)
-    for sk in man.get("skipped", []):
+    for sk in man.get("skipped", []) + man.get("replay", {}).get("skipped", []):
         console.print(f"[yellow]skipped[/] {sk.get('label')}: {sk.get('reason')}")
     console.print(f"data set written to {out}: {json.dumps(man.get('counts', {}))}")
 

@@ -17,7 +17,14 @@ DFT supercell are generated and labelled with the *exact* harmonic forces of Φ_
 * ``thermal`` (optional): ``n_thermal`` configurations per temperature drawn from the quantum
   (or classical) covariance Σ(T) of Φ (:func:`tdphonon.sampling.thermal_covariance`);
 * ``raw`` (optional): the DFT displacement–force data of the source, as computed (by default
-  only random-displacement sets; finite-displacement, phono3py pair and MD sets on request).
+  only random-displacement sets; finite-displacement, phono3py pair and MD sets on request);
+* ``replay`` (optional, training split only): structures *without* DFT data, labelled by the base
+  model itself (:func:`replay_configurations`). Rehearsal against forgetting: their loss is zero at
+  the start of fine-tuning and grows only where training moves the model away from the base on
+  chemistry the DFT sets do not cover. ``"elements"`` takes the elemental crystals (ASE reference
+  states) of every element of the training and validation compounds; files add any structures ASE
+  reads. A replay structure whose reduced formula is that of a DFT compound (any split, held-out
+  ones included) is skipped: the DFT data decide there, and held-out compounds stay unseen.
 
 Forces are F = −Φu with the full (N, N, 3, 3) Φ (F_ia = −Σ_jb Φ_ia,jb u_jb); energies
 E = E₀ + ½ uᵀΦu are written only when E₀ (the energy of the undisplaced supercell) is known —
@@ -75,7 +82,10 @@ __all__ = [
     "harmonic_forces",
     "load_dataset",
     "mode_weighted_displacements",
+    "needs_base_model",
     "random_displacements",
+    "replay_configurations",
+    "replay_structures",
     "split_by_compound",
     "thermal_displacements",
     "write_dataset",
@@ -89,6 +99,8 @@ SPLITS = ("train", "val", "test")
 UNSTABLE_THZ = 0.5
 #: labels of the thermal configurations (:attr:`DatasetSettings.thermal_labels`)
 THERMAL_LABELS = ("harmonic", "base_anharmonic")
+#: :attr:`DatasetSettings.replay` keyword: the elemental crystals of the data's elements
+REPLAY_ELEMENTS = "elements"
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,6 +162,15 @@ class DatasetSettings:
     estimate_energy0
         When an entry has no E₀ but raw DFT energies, estimate E₀ (:func:`estimate_energy0`) so that
         harmonic configurations get energies too (recorded per compound).
+    replay
+        Structures without DFT data whose base-model forces join the training split
+        (:func:`replay_structures`): ``"elements"`` (the elemental crystals of the training and
+        validation compounds' elements) and/or paths of structure files (any format ASE reads, all
+        frames). Empty (default): none. Needs ``base_potential`` in :func:`build_dataset`.
+    n_replay
+        Random-displacement configurations (``amplitude_min``–``amplitude_max``) per replay structure.
+    replay_min_atoms
+        A replay structure is repeated n×n×n with the smallest n that gives at least this many atoms.
     """
 
     n_random: int = 10
@@ -172,6 +193,9 @@ class DatasetSettings:
     held_out: tuple[str, ...] = ()
     seed: int = 0
     estimate_energy0: bool = False
+    replay: tuple[str, ...] = ()
+    n_replay: int = 10
+    replay_min_atoms: int = 32
 
     def __post_init__(self) -> None:
         if min(self.n_random, self.n_thermal, self.n_modes, self.n_modes_unstable) < 0:
@@ -192,7 +216,10 @@ class DatasetSettings:
             raise ValueError("thermal_cap_mode must be 'clip' or 'raise'")
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
         object.__setattr__(self, "raw_kinds", tuple(self.raw_kinds))
+        if self.n_replay < 0 or self.replay_min_atoms < 1:
+            raise ValueError("n_replay must be ≥ 0 and replay_min_atoms ≥ 1")
         object.__setattr__(self, "held_out", tuple(self.held_out))
+        object.__setattr__(self, "replay", tuple(str(r) for r in self.replay))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -200,6 +227,7 @@ class DatasetSettings:
         d["temperatures"] = list(self.temperatures)
         d["raw_kinds"] = list(self.raw_kinds)
         d["held_out"] = list(self.held_out)
+        d["replay"] = list(self.replay)
         return d
 
     @classmethod
@@ -207,7 +235,7 @@ class DatasetSettings:
         d = dict(d)
         if isinstance(d.get("policy"), dict):
             d["policy"] = ModeAmplitudePolicy.from_dict(d["policy"])
-        for k in ("temperatures", "raw_kinds", "held_out"):
+        for k in ("temperatures", "raw_kinds", "held_out", "replay"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
@@ -526,6 +554,108 @@ def compound_configurations(entry: HarmonicEntry, settings: DatasetSettings | No
 
 
 # --------------------------------------------------------------------------------------------
+# replay (base-model labels for chemistry without DFT data)
+# --------------------------------------------------------------------------------------------
+def reduced_formula(atoms: Atoms) -> str:
+    """pymatgen's reduced formula of ``atoms`` (the formula part of a compound id, e.g. ``"Si"``)."""
+    from pymatgen.core import Composition
+
+    return Composition(atoms.get_chemical_formula()).reduced_formula
+
+
+def replay_structures(specs: Sequence[str], elements: Iterable[str]
+                      ) -> tuple[list[tuple[str, Atoms, str]], list[dict[str, str]]]:
+    """The replay structures of :attr:`DatasetSettings.replay` as ``(label, atoms, source)``, and the skipped ones.
+
+    Parameters
+    ----------
+    specs
+        ``"elements"``: for every element in ``elements``, its ASE reference-state crystal
+        (``ase.build.bulk(symbol)``: experimental lattice constant, primitive cell); an element whose
+        reference state is not a crystal ASE builds (O₂, Cl₂, …) is skipped with the reason. Any other
+        entry is a structure file, read with ``ase.io.read(path, index=":")``.
+    elements
+        Chemical symbols for ``"elements"``.
+
+    Raises
+    ------
+    DataError
+        If a structure file is missing or unreadable.
+    """
+    import ase.io
+    from ase.build import bulk
+    from ase.data import atomic_numbers, reference_states
+
+    out: list[tuple[str, Atoms, str]] = []
+    skipped: list[dict[str, str]] = []
+    for spec in specs:
+        if spec == REPLAY_ELEMENTS:
+            for el in sorted(set(elements)):
+                state = reference_states[atomic_numbers[el]] or {}
+                label = f"replay:{el}-{state.get('symmetry', 'none')}"
+                try:
+                    atoms = bulk(el)
+                except Exception as exc:  # ASE raises ValueError/KeyError/RuntimeError for non-crystal states
+                    skipped.append({"label": label, "path": "ase.build.bulk",
+                                    "reason": f"no crystal ASE builds for the reference state "
+                                              f"{state.get('symmetry')!r} ({exc})"})
+                    continue
+                out.append((label, atoms, f"ase.build.bulk('{el}') reference state"))
+            continue
+        path = Path(spec)
+        if not path.is_file():
+            raise DataError(None, f"replay structure file {path}: missing")
+        try:
+            frames = ase.io.read(path, index=":")
+        except Exception as exc:
+            raise DataError(None, f"replay structure file {path}: unreadable ({exc})") from exc
+        for i, atoms in enumerate(frames):
+            out.append((f"replay:{path.name}#{i}", atoms, str(path)))
+    return out, skipped
+
+
+def replay_configurations(label: str, atoms: Atoms, base_potential, settings: DatasetSettings | None = None,
+                          source: str = "") -> tuple[list[Atoms], dict[str, Any]]:
+    """Base-model-labelled random-displacement configurations of one replay structure, and their record.
+
+    The structure is repeated n×n×n (smallest n with at least ``settings.replay_min_atoms`` atoms);
+    ``settings.n_replay`` configurations get the random displacements of :func:`random_displacements`
+    (seed ``derive_seed(seed, crc32(label), 5)``) and the base model's forces as labels (kind
+    ``"replay:base"``, forces only: the base model's energy scale is not the DFT one; the energy is
+    kept in ``info["base_energy"]``).
+
+    Raises
+    ------
+    TDPhononError
+        Where the structure is not a 3D crystal or the base model cannot label it (unsupported
+        elements, unphysical forces); :func:`build_dataset` skips it with the reason.
+    """
+    s = settings or DatasetSettings()
+    if not atoms.pbc.all() or abs(atoms.cell.volume) < 1e-6:
+        raise TDPhononError(label, "a replay structure must be a periodic crystal (3D cell)")
+    n = int(np.ceil((s.replay_min_atoms / len(atoms)) ** (1 / 3) - 1e-9))
+    ref = atoms.repeat((n, n, n))
+    ref.calc = None
+    key = _label_key(label)
+    seed = derive_seed(s.seed, key, 5)
+    u = random_displacements(len(ref), s.n_replay, (s.amplitude_min, s.amplitude_max), seed)
+    displaced = [Atoms(ref.get_chemical_symbols(), positions=ref.positions + uk, cell=ref.cell.array, pbc=True)
+                 for uk in u]
+    energies, forces = base_potential.energies_and_forces(displaced, [label] * len(u))
+    formula = reduced_formula(ref)
+    info = {"label": label, "compound": formula, "source": source, "kind": "replay:base"}
+    out = []
+    for k in range(len(u)):
+        a = _make_atoms(ref, u[k], forces[k], None, {**info, "index": k})
+        a.info["base_energy"] = float(energies[k])
+        out.append(a)
+    record = {"label": label, "formula": formula, "source": source, "n_atoms": len(ref), "repeat": n,
+              "seed": seed, "n_configurations": len(out),
+              "rms_force_ev_a": float(np.sqrt(np.mean(np.square(forces)))) if out else 0.0}
+    return out, record
+
+
+# --------------------------------------------------------------------------------------------
 # split
 # --------------------------------------------------------------------------------------------
 def split_by_compound(compounds: Iterable[str], val_fraction: float = 0.05, held_out: Iterable[str] = (),
@@ -586,7 +716,7 @@ def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
         :class:`DatasetSettings` (defaults: 10 random configurations, 0.01–0.05 Å, 5 % validation).
     base_potential
         The base model as a :class:`~tdphonon.potentials.Potential`; needed (and recorded) only for
-        ``thermal_labels="base_anharmonic"``.
+        ``thermal_labels="base_anharmonic"`` and for replay structures (:func:`needs_base_model`).
 
     Returns
     -------
@@ -633,6 +763,7 @@ def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
     held = {label_to_compound.get(h, h) for h in s.held_out}
     missing = sorted(h for h in s.held_out if h not in label_to_compound and h not in per_compound)
     split_of = split_by_compound(per_compound, s.val_fraction, held, s.seed)
+    replay = _replay(s, split_of, base_potential)
     structures: dict[str, list[Atoms]] = {k: [] for k in SPLITS}
     compounds: dict[str, Any] = {}
     for comp in sorted(per_compound):
@@ -656,6 +787,7 @@ def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
                            "n_structures": len(per_compound[comp]), "kinds": kinds,
                            "energy_available": int(sum(bool(a.info["energy_available"]) for a in per_compound[comp])),
                            "functionals": funcs, "warnings": warn}
+    structures["train"].extend(replay.pop("structures"))
     functionals = sorted({src["functional"] or "unknown" for src in sources})
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -665,6 +797,7 @@ def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
         "splits": {k: {"n_structures": len(v),
                        "compounds": sorted(c for c, sp in split_of.items() if sp == k)} for k, v in structures.items()},
         "compounds": compounds,
+        "replay": replay,
         "entries": records,
         "sources": sources,
         "skipped": skipped,
@@ -672,13 +805,53 @@ def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
         "functionals": functionals,
         "mixed_functionals": len(functionals) > 1,
         "forces": "F = -Phi u (exact harmonic forces of the DFT force constants) for random/modes/thermal; "
-                  "plus the base model's anharmonic remainder for thermal+base_anharmonic; DFT for raw:*",
+                  "plus the base model's anharmonic remainder for thermal+base_anharmonic; DFT for raw:*; "
+                  "the base model's forces for replay:base",
         "base_model_for_labels": (base_potential.identity.to_dict()
-                                  if base_potential is not None and s.thermal_labels == "base_anharmonic" else None),
+                                  if base_potential is not None and needs_base_model(s) else None),
         "units": {"length": "Å", "energy": "eV", "forces": "eV/Å"},
         "versions": package_versions(),
     }
     return FinetuneDataset(structures, manifest)
+
+
+def needs_base_model(settings: DatasetSettings) -> bool:
+    """Whether building a data set with these settings runs the base model (base-anharmonic or replay labels)."""
+    return settings.thermal_labels == "base_anharmonic" or bool(settings.replay and settings.n_replay)
+
+
+def _replay(s: DatasetSettings, split_of: dict[str, str], base_potential) -> dict[str, Any]:
+    """The replay configurations (``"structures"``, all for the training split) and their manifest record."""
+    if not (s.replay and s.n_replay):
+        return {"structures": [], "n_structures": 0, "structures_used": [], "skipped": []}
+    if base_potential is None:
+        raise ValueError("replay structures need the base model (base_potential) for their labels")
+    from pymatgen.core import Composition
+
+    dft_formulas = {c.rsplit("-", 1)[0]: sp for c, sp in split_of.items()}
+    elements = sorted({el.symbol for c, sp in split_of.items() if sp != "test"
+                       for el in Composition(c.rsplit("-", 1)[0]).elements})
+    candidates, skipped = replay_structures(s.replay, elements)
+    out: list[Atoms] = []
+    used: list[dict[str, Any]] = []
+    for label, atoms, source in candidates:
+        formula = reduced_formula(atoms)
+        if formula in dft_formulas:
+            why = ("a held-out compound: it must stay unseen" if dft_formulas[formula] == "test"
+                   else "a compound with DFT data: the DFT data decide there")
+            skipped.append({"label": label, "path": source, "reason": f"reduced formula {formula} is {why}"})
+            continue
+        try:
+            structs, rec = replay_configurations(label, atoms, base_potential, s, source)
+        except TDPhononError as exc:
+            skipped.append({"label": label, "path": source, "reason": exc.reason})
+            continue
+        for a in structs:
+            a.info["split"] = "train"
+        out.extend(structs)
+        used.append(rec)
+    return {"structures": out, "n_structures": len(out), "elements": elements, "structures_used": used,
+            "skipped": skipped}
 
 
 def write_dataset(dataset: FinetuneDataset, folder: str | Path, overwrite: bool = False) -> Path:

@@ -20,7 +20,7 @@ from jobflow import Flow, Maker, job
 
 from tdphonon.errors import TDPhononError
 from tdphonon.evaluation import ReferenceSet
-from tdphonon.finetune.dataset import DatasetSettings, build_dataset, load_dataset, write_dataset
+from tdphonon.finetune.dataset import DatasetSettings, build_dataset, load_dataset, needs_base_model, write_dataset
 from tdphonon.finetune.evaluate import evaluate_models, parity_plot
 from tdphonon.finetune.sources import (
     DatabaseReport,
@@ -59,12 +59,14 @@ def read_sources(paths: Sequence[str | Path], labels: Sequence[str] | None = Non
 def label_potential(settings: DatasetSettings, base_model: str | None, device: str | None = None):
     """The base model loaded for the data labels, or ``None`` when the settings do not need it.
 
-    Only ``thermal_labels == "base_anharmonic"`` runs a model while building the data set.
+    Only base-anharmonic thermal labels and replay structures run a model while building the data set
+    (:func:`~tdphonon.finetune.dataset.needs_base_model`).
     """
-    if settings.thermal_labels != "base_anharmonic":
+    if not needs_base_model(settings):
         return None
     if not base_model:
-        raise ValueError("thermal_labels='base_anharmonic' needs the base model (--base-model)")
+        raise ValueError("the data set needs the base model (--base-model) for its base-anharmonic thermal labels or "
+                         "replay structures")
     from tdphonon.potentials import load_potential
 
     return load_potential(base_model) if device is None else load_potential(base_model, device=device)
@@ -76,7 +78,7 @@ def make_dataset(paths: Sequence[str | Path], out: str | Path, settings: Dataset
     """Read sources, generate the force–displacement data, write them; returns the manifest.
 
     ``base_model`` (any model spec of :func:`~tdphonon.potentials.load_potential`) is loaded only when
-    ``settings.thermal_labels == "base_anharmonic"``, whose labels need it.
+    the labels need it (base-anharmonic thermal labels, replay structures).
     """
     s = settings or DatasetSettings()
     pot = label_potential(s, base_model)
@@ -164,12 +166,9 @@ def evaluate(paths: Sequence[str | Path], models: dict[str, str], heldout: Seque
 @job
 def dataset_job(paths: list[str], out: str, settings: dict, labels: list[str] | None = None,
                 base_model: str | None = None) -> dict:
-    """Data-set step (light; runs the base model only for ``thermal_labels="base_anharmonic"``)."""
-    s = dict(settings)
-    s["temperatures"] = tuple(s.get("temperatures", ()))
-    s["held_out"] = tuple(s.get("held_out", ()))
-    s["raw_kinds"] = tuple(s.get("raw_kinds", ("random",)))
-    manifest = make_dataset(paths, out, DatasetSettings(**s), labels, overwrite=True, base_model=base_model)
+    """Data-set step (light; runs the base model only for base-anharmonic thermal labels and replay structures)."""
+    manifest = make_dataset(paths, out, DatasetSettings.from_dict(settings), labels, overwrite=True,
+                            base_model=base_model)
     return {"dataset_dir": str(out), "manifest": manifest}
 
 

@@ -49,6 +49,10 @@ def add_recipe_options(ap: argparse.ArgumentParser, *, epochs: int = 150, patien
                         "anharmonic remainder")
     d.add_argument("--max-raw", type=int, default=40, help="raw DFT configurations per set (0: none)")
     d.add_argument("--raw-kinds", nargs="+", default=["random"], help="kinds of raw DFT sets to include")
+    d.add_argument("--replay", nargs="*", default=[],
+                   help="structures without DFT data labelled by the base model (training split): 'elements' "
+                        "(the elemental crystals of the data's elements) and/or structure files")
+    d.add_argument("--n-replay", type=int, default=10, help="configurations per replay structure")
     t = ap.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=epochs)
     t.add_argument("--lr", type=float, default=3e-4)
@@ -72,7 +76,8 @@ def dataset_settings(args: argparse.Namespace, held_out: tuple[str, ...] = ()) -
                            temperatures=tuple(args.thermal_temperatures), n_thermal=args.n_thermal,
                            thermal_labels=args.thermal_labels, include_raw=args.max_raw > 0,
                            raw_kinds=tuple(args.raw_kinds), max_raw_per_set=args.max_raw or None,
-                           held_out=tuple(held_out), val_fraction=0.05, seed=0)
+                           held_out=tuple(held_out), val_fraction=0.05, seed=0,
+                           replay=tuple(args.replay), n_replay=args.n_replay)
 
 
 def finetune_settings(args: argparse.Namespace) -> FineTuneSettings:
@@ -100,7 +105,7 @@ def prepare_dataset(entries: list, settings: DatasetSettings, ds_dir: str | Path
     ds_dir
         The data-set folder.
     base_model
-        The base model, loaded only for base-anharmonic thermal labels.
+        The base model, loaded only for base-anharmonic thermal labels and replay structures.
     device
         Device of the base model for those labels (default: cpu).
 
