@@ -215,9 +215,9 @@ class DatasetSettings:
         if self.thermal_cap_mode not in ("clip", "raise"):
             raise ValueError("thermal_cap_mode must be 'clip' or 'raise'")
         object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
-        object.__setattr__(self, "raw_kinds", tuple(self.raw_kinds))
         if self.n_replay < 0 or self.replay_min_atoms < 1:
             raise ValueError("n_replay must be ≥ 0 and replay_min_atoms ≥ 1")
+        object.__setattr__(self, "raw_kinds", tuple(self.raw_kinds))
         object.__setattr__(self, "held_out", tuple(self.held_out))
         object.__setattr__(self, "replay", tuple(str(r) for r in self.replay))
 
@@ -630,6 +630,8 @@ def replay_configurations(label: str, atoms: Atoms, base_potential, settings: Da
         Where the structure is not a 3D crystal or the base model cannot label it (unsupported
         elements, unphysical forces); :func:`build_dataset` skips it with the reason.
     """
+    from tdphonon.validation.pipeline import displaced_atoms
+
     s = settings or DatasetSettings()
     if not atoms.pbc.all() or abs(atoms.cell.volume) < 1e-6:
         raise TDPhononError(label, "a replay structure must be a periodic crystal (3D cell)")
@@ -639,9 +641,7 @@ def replay_configurations(label: str, atoms: Atoms, base_potential, settings: Da
     key = _label_key(label)
     seed = derive_seed(s.seed, key, 5)
     u = random_displacements(len(ref), s.n_replay, (s.amplitude_min, s.amplitude_max), seed)
-    displaced = [Atoms(ref.get_chemical_symbols(), positions=ref.positions + uk, cell=ref.cell.array, pbc=True)
-                 for uk in u]
-    energies, forces = base_potential.energies_and_forces(displaced, [label] * len(u))
+    energies, forces = base_potential.energies_and_forces(displaced_atoms(ref, u), [label] * len(u))
     formula = reduced_formula(ref)
     info = {"label": label, "compound": formula, "source": source, "kind": "replay:base"}
     out = []
@@ -823,21 +823,23 @@ def needs_base_model(settings: DatasetSettings) -> bool:
 def _replay(s: DatasetSettings, split_of: dict[str, str], base_potential) -> dict[str, Any]:
     """The replay configurations (``"structures"``, all for the training split) and their manifest record."""
     if not (s.replay and s.n_replay):
-        return {"structures": [], "n_structures": 0, "structures_used": [], "skipped": []}
+        return {"structures": [], "n_structures": 0, "elements": [], "structures_used": [], "skipped": []}
     if base_potential is None:
         raise ValueError("replay structures need the base model (base_potential) for their labels")
     from pymatgen.core import Composition
 
-    dft_formulas = {c.rsplit("-", 1)[0]: sp for c, sp in split_of.items()}
+    formula_of = {c: c.rsplit("-", 1)[0] for c in split_of}  # compound id = formula-spacegroup
     elements = sorted({el.symbol for c, sp in split_of.items() if sp != "test"
-                       for el in Composition(c.rsplit("-", 1)[0]).elements})
+                       for el in Composition(formula_of[c]).elements})
+    dft_formulas = set(formula_of.values())
+    held_formulas = {formula_of[c] for c, sp in split_of.items() if sp == "test"}
     candidates, skipped = replay_structures(s.replay, elements)
     out: list[Atoms] = []
     used: list[dict[str, Any]] = []
     for label, atoms, source in candidates:
         formula = reduced_formula(atoms)
         if formula in dft_formulas:
-            why = ("a held-out compound: it must stay unseen" if dft_formulas[formula] == "test"
+            why = ("a held-out compound: it must stay unseen" if formula in held_formulas
                    else "a compound with DFT data: the DFT data decide there")
             skipped.append({"label": label, "path": source, "reason": f"reduced formula {formula} is {why}"})
             continue
