@@ -46,6 +46,11 @@ def test_options_become_settings():
     assert dataset_settings(d).replay == ()
     rp = dataset_settings(parse(["--replay", "elements", "extra.cif", "--n-replay", "5"]))
     assert rp.replay == ("elements", "extra.cif") and rp.n_replay == 5
+    assert finetune_settings(d).lr_multipliers == ()
+    lm = finetune_settings(parse(["--lr-mult", "three_body_interactions=30", "graph_layers.0=0"]))
+    assert lm.lr_multipliers == (("three_body_interactions", 30.0), ("graph_layers.0", 0.0))
+    assert finetune_settings(d).three_body_gate_bias is None
+    assert finetune_settings(parse(["--three-body-gate-bias", "0"])).three_body_gate_bias == 0.0
 
 
 def test_unknown_choices_are_refused(capsys):
@@ -53,6 +58,10 @@ def test_unknown_choices_are_refused(capsys):
         with pytest.raises(SystemExit):
             parse(argv)
         assert "invalid choice" in capsys.readouterr().err
+    for bad in ("three_body_interactions", "three_body_interactions=fast", "=3"):
+        with pytest.raises(SystemExit):
+            parse(["--lr-mult", bad])
+        assert "PREFIX=FACTOR" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script", ["workflows/finetune_recipe.py", "benchmarks/finetune.py"])
@@ -60,7 +69,8 @@ def test_both_scripts_take_the_recipe_options(script):
     out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     for opt in ("--n-modes-unstable", "--thermal-temperatures", "--thermal-labels", "--keep", "--select",
-                "--raw-kinds", "--replay", "--n-replay", "--work", "--out"):
+                "--raw-kinds", "--replay", "--n-replay", "--lr-mult", "--three-body-gate-bias",
+                "--work", "--out"):
         assert opt in out, (script, opt)
     assert ("--heldout" in out) == (script == "benchmarks/finetune.py")
 

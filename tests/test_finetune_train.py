@@ -89,6 +89,66 @@ def test_two_epochs_lower_the_loss_and_resume_is_exact(dataset, tmp_path):
     assert anchored.card["settings"]["anchor_weight"] == 100.0
 
 
+
+def test_learning_rate_multipliers_per_module(dataset, tmp_path):
+    """lr_multipliers: factor 0 freezes the named module exactly, a factor > 1 moves it further than the
+    plain run, the rest of the model trains as usual; bad prefixes and factors are refused. The three-body
+    gate biases are set before training when asked."""
+    import matgl
+    import torch
+
+    from tdphonon.errors import TDPhononError
+    from tdphonon.finetune.dataset import load_dataset
+    from tdphonon.finetune.recipe import parse_lr_mult
+    from tdphonon.finetune.train import FineTuneSettings, fine_tune
+
+    data = load_dataset(dataset)
+    train, val = data["train"], data["test"]
+    tb = "three_body_interactions"
+    base = matgl.load_model(str(M3GNET_DIR)).model.state_dict()
+
+    def drift(res, inside):
+        new = matgl.load_model(str(res.model_dir)).model.state_dict()
+        return sum(float((new[k] - base[k]).abs().sum()) for k in base
+                   if base[k].is_floating_point() and (tb in k) == inside)
+
+    def run(name, mult, gate=None):
+        st = FineTuneSettings(epochs=1, lr=3e-4, batch_size=2, patience=0, device="cpu", keep="last",
+                              lr_multipliers=mult, three_body_gate_bias=gate)
+        return fine_tune(M3GNET_DIR, train, val, tmp_path / name, st, resume=False)
+
+    plain, frozen, fast = run("plain", ()), run("frozen", ((tb, 0.0),)), run("fast", [[tb, 10]])
+    assert drift(frozen, inside=True) == 0.0 and drift(frozen, inside=False) > 0
+    assert drift(fast, inside=True) > 3 * drift(plain, inside=True) > 0
+    assert fast.card["settings"]["lr_multipliers"] == ((tb, 10.0),)
+    # the history's "lr" is the base rate, whatever the other groups get
+    assert fast.history[0]["lr"] == plain.history[0]["lr"]
+    # JSON gives lists back: the settings stay equal, so a checkpoint resumes
+    st = FineTuneSettings(lr_multipliers=((tb, 10.0),))
+    assert FineTuneSettings(**json.loads(json.dumps(st.to_dict()))) == st
+    with pytest.raises(TDPhononError, match="match no trainable parameter"):
+        run("typo", (("three_body_interaction_s", 2.0),))
+    with pytest.raises(TDPhononError, match="freeze every parameter"):
+        run("none", tuple((m, 0.0) for m in ("embedding", "graph_layers", tb, "final_layer")))
+    # three_body_gate_bias: the gates' biases are set before training (here frozen, so they stay exactly so)
+    assert all(float(v.abs().max()) > 1 for k, v in base.items() if "update_network_atom.layers.0.bias" in k)
+    opened = matgl.load_model(str(run("opened", ((tb, 0.0),), gate=0.0).model_dir)).model.state_dict()
+    gates = [k for k in opened if "update_network_atom.layers.0.bias" in k]
+    assert len(gates) == 3 and all(float(opened[k].abs().max()) == 0.0 for k in gates)
+    assert all(bool((opened[k] == base[k]).all()) for k in base if tb in k and k not in gates)
+    from tdphonon.finetune.train import _set_three_body_gate_bias
+
+    with pytest.raises(TDPhononError, match="no M3GNet three-body blocks"):
+        _set_three_body_gate_bias(torch.nn.Linear(2, 2), 0.0, "a linear layer")
+    with pytest.raises(ValueError, match="finite factor"):
+        FineTuneSettings(lr_multipliers=((tb, -1.0),))
+    with pytest.raises(ValueError, match="must be finite"):
+        FineTuneSettings(three_body_gate_bias=float("nan"))
+    assert parse_lr_mult("graph_layers.2=0.5") == ("graph_layers.2", 0.5)
+    with pytest.raises(ValueError, match="PREFIX=FACTOR"):
+        parse_lr_mult("three_body_interactions")
+
+
 def _reference(label):
     from tdphonon.finetune.flows import _as_reference, read_sources
 
@@ -203,6 +263,14 @@ def test_cli_train_model_card_and_harmonic(dataset, tmp_path, si_structure):
                  "--lr", "1e-4", "--device", "cpu", "--name", "tdphonon-test"]
     res = runner.invoke(app, [*base_args, "--keep", "first"])
     assert res.exit_code != 0 and "unknown keep 'first'" in res.output and "best, last" in res.output
+    for bad, msg in (("three_body_interactions", "PREFIX=FACTOR"), ("threebody=2", "match no trainable")):
+        res = runner.invoke(app, [*base_args, "--out", str(tmp_path / "bad"), "--lr-mult", bad])
+        assert res.exit_code != 0 and msg in res.output, res.output
+    res = runner.invoke(app, [*base_args, "--out", str(tmp_path / "gate"), "--epochs", "0", "--keep", "last",
+                              "--lr-mult", "three_body_interactions=30", "--three-body-gate-bias", "0"])
+    assert res.exit_code == 0, res.output
+    gate = json.loads((tmp_path / "gate" / "model_card.json").read_text())["settings"]
+    assert gate["lr_multipliers"] == [["three_body_interactions", 30.0]] and gate["three_body_gate_bias"] == 0.0
     res = runner.invoke(app, [*base_args, "--keep", "last"])
     assert res.exit_code == 0, res.output
     last = json.loads((out / "model" / "model_card.json").read_text())

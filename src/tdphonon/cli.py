@@ -711,6 +711,12 @@ def finetune_train(
     energy_weight: Annotated[float, typer.Option(help="weight of the energy term (0: forces only)")] = 0.0,
     anchor_weight: Annotated[float, typer.Option(
         help="L2-SP weight λ of λ‖θ − θ_base‖², keeps the weights near the base model (0: off)")] = 0.0,
+    lr_mult: Annotated[list[str] | None, typer.Option(
+        "--lr-mult", help="PREFIX=FACTOR (repeat): learning rate × FACTOR for the parameters whose name starts "
+                          "with PREFIX, e.g. three_body_interactions=30 (0 freezes them)")] = None,
+    three_body_gate_bias: Annotated[float | None, typer.Option(
+        help="set the biases of M3GNet's three-body atom gates to this value before training "
+             "(0 opens gates the base model keeps shut)")] = None,
     name: Annotated[str | None, typer.Option(help="name of the fine-tuned model")] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = None,
@@ -728,6 +734,7 @@ def finetune_train(
     """Fine-tune (force MAE loss, early stopping, checkpoints); writes a matgl model directory with its card."""
     _quiet()
     from tdphonon.finetune.flows import train
+    from tdphonon.finetune.recipe import parse_lr_mult
     from tdphonon.finetune.train import FineTuneSettings
 
     if not base:
@@ -735,7 +742,9 @@ def finetune_train(
     try:
         st = FineTuneSettings(epochs=epochs, lr=lr, batch_size=batch_size, patience=patience,
                               energy_weight=energy_weight, anchor_weight=anchor_weight, seed=seed,
-                              device=device, selection=select, keep=keep)
+                              device=device, selection=select, keep=keep,
+                              lr_multipliers=tuple(parse_lr_mult(t) for t in lr_mult or ()),
+                              three_body_gate_bias=three_body_gate_bias)
         with _Progress() as prog:
             def _p(epoch, total, rec):
                 ph = (f", val phonons {rec['val_phonon_mae_thz']:.3f} THz" if "val_phonon_mae_thz" in rec else "")

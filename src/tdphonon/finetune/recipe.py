@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from tdphonon.finetune.dataset import DatasetSettings
     from tdphonon.finetune.train import FineTuneSettings
 
-__all__ = ["add_recipe_options", "dataset_settings", "finetune_settings", "prepare_dataset", "split_labels"]
+__all__ = ["add_recipe_options", "dataset_settings", "finetune_settings", "parse_lr_mult", "prepare_dataset",
+           "split_labels"]
 
 
 def add_recipe_options(ap: argparse.ArgumentParser, *, epochs: int = 150, patience: int = 20,
@@ -58,6 +59,11 @@ def add_recipe_options(ap: argparse.ArgumentParser, *, epochs: int = 150, patien
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--anchor-weight", type=float, default=0.0, help="L2-SP pull towards the base weights (0: off)")
+    t.add_argument("--lr-mult", nargs="*", default=[], metavar="PREFIX=FACTOR", type=_lr_mult_arg,
+                   help="learning rate × FACTOR for the parameters whose name starts with PREFIX "
+                        "(e.g. three_body_interactions=30; 0 freezes them)")
+    t.add_argument("--three-body-gate-bias", type=float, default=None,
+                   help="set M3GNet's three-body gate biases to this value before training (0 opens them)")
     t.add_argument("--patience", type=int, default=patience, help="early stopping patience (epochs; 0: off)")
     t.add_argument("--max-hours", type=float, default=None, help="wall-time budget of the training")
     t.add_argument("--select", default="force_mae", choices=SELECTIONS,
@@ -66,6 +72,31 @@ def add_recipe_options(ap: argparse.ArgumentParser, *, epochs: int = 150, patien
                    help="weights written: the best epoch by --select, or the last epoch run (a finished run, "
                         "same --work and arguments, is re-exported without training)")
     t.add_argument("--device", default=device)
+
+
+def parse_lr_mult(text: str) -> tuple[str, float]:
+    """``PREFIX=FACTOR`` (``--lr-mult``) as a ``(prefix, factor)`` pair of :attr:`FineTuneSettings.lr_multipliers`.
+
+    Raises
+    ------
+    ValueError
+        Not of that form, or the factor is not a number.
+    """
+    prefix, sep, factor = text.rpartition("=")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = None
+    if not sep or not prefix or value is None:
+        raise ValueError(f"learning-rate multiplier {text!r}: expected PREFIX=FACTOR, e.g. three_body_interactions=30")
+    return prefix, value
+
+
+def _lr_mult_arg(text: str) -> tuple[str, float]:
+    try:
+        return parse_lr_mult(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def dataset_settings(args: argparse.Namespace, held_out: tuple[str, ...] = ()) -> DatasetSettings:
@@ -86,6 +117,7 @@ def finetune_settings(args: argparse.Namespace) -> FineTuneSettings:
 
     return FineTuneSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, patience=args.patience,
                             anchor_weight=args.anchor_weight, device=args.device, selection=args.select,
+                            lr_multipliers=tuple(args.lr_mult), three_body_gate_bias=args.three_body_gate_bias,
                             keep=args.keep,
                             max_seconds=None if args.max_hours is None else 3600.0 * args.max_hours)
 

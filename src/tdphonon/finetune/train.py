@@ -93,6 +93,19 @@ class FineTuneSettings:
         the validation split is too small to select on; the selection score is still recorded and
         still drives early stopping). Not part of the resume check: resuming a finished run with the
         other choice writes the other weights without training again.
+    lr_multipliers
+        ``(prefix, factor)`` pairs: parameters whose name (in ``model.named_parameters()`` of the
+        matgl model, e.g. ``"three_body_interactions"``) starts with ``prefix`` learn with
+        ``lr * factor`` (the first matching prefix wins); the cosine decay takes every group from its
+        own starting rate to the common floor ``lr * min_lr_ratio``. A factor of 0 freezes them (no
+        update, no anchor term). docs/finetune.md has the one measured use: the three-body blocks
+        of M3GNet-MP-2021.2.8, which that model has switched off.
+    three_body_gate_bias
+        Before training, set the bias of the sigmoid atom gates of M3GNet's three-body blocks
+        (``three_body_interactions.*.update_network_atom``) to this value (``None``: leave them).
+        M3GNet-MP-2021.2.8 keeps these gates nearly shut (biases ≈ −2.2, gates 0.02–0.2), so its
+        three-body path changes the bond features by ~0.1 % and a fine-tune cannot move it; 0 opens
+        them (gates ≈ 0.5) while the base predictions change by ~1e-4 eV/Å (docs/finetune.md).
     """
 
     epochs: int = 150
@@ -108,8 +121,21 @@ class FineTuneSettings:
     max_seconds: float | None = None
     selection: str = "force_mae"
     keep: str = "best"
+    lr_multipliers: tuple[tuple[str, float], ...] = ()
+    three_body_gate_bias: float | None = None
 
     def __post_init__(self) -> None:
+        # JSON and checkpoints give lists back; one canonical form keeps resume checks exact
+        pairs = tuple((str(p), float(f)) for p, f in self.lr_multipliers)
+        for p, f in pairs:
+            if not p or not np.isfinite(f) or f < 0:
+                raise ValueError(f"learning-rate multiplier {p!r}: {f} (need a non-empty prefix and a "
+                                 "finite factor >= 0)")
+        object.__setattr__(self, "lr_multipliers", pairs)
+        if self.three_body_gate_bias is not None:
+            if not np.isfinite(self.three_body_gate_bias):
+                raise ValueError(f"three_body_gate_bias must be finite, not {self.three_body_gate_bias}")
+            object.__setattr__(self, "three_body_gate_bias", float(self.three_body_gate_bias))
         if self.selection not in SELECTIONS:
             raise ValueError(f"unknown selection {self.selection!r}: choose one of {', '.join(SELECTIONS)}")
         if self.keep not in KEEPS:
@@ -190,6 +216,51 @@ def _predict(pot: MatglPotential, b, lat, st, create_graph: bool):
     energies, pos = pot._energy_graph(b, lat, st)
     grad = torch.autograd.grad(energies.sum(), pos, create_graph=create_graph)[0]
     return energies, -grad
+
+
+def _param_groups(model, multipliers: Sequence[tuple[str, float]]) -> dict[float, list[tuple[str, Any]]]:
+    """Trainable named parameters grouped by learning-rate factor (first matching prefix; 1 otherwise)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    unused = [pre for pre, _ in multipliers if not any(n.startswith(pre) for n, _ in named)]
+    if unused:
+        raise TDPhononError(None, f"learning-rate multiplier prefixes {unused} match no trainable parameter of the "
+                                  "model (names as in model.named_parameters(), e.g. 'three_body_interactions')")
+    groups: dict[float, list[tuple[str, Any]]] = {1.0: []}  # the base rate first: the history's "lr"
+    for n, p in named:
+        factor = next((f for pre, f in multipliers if n.startswith(pre)), 1.0)
+        groups.setdefault(factor, []).append((n, p))
+    return {f: g for f, g in groups.items() if g}
+
+
+def _set_three_body_gate_bias(model, value: float, name: str) -> None:
+    """Set the biases of the three-body atom gates of an M3GNet model (in place)."""
+    import torch
+
+    blocks = getattr(model, "three_body_interactions", None)
+    if not blocks:
+        raise TDPhononError(None, f"three_body_gate_bias: the base model {name} ({type(model).__name__}) has no "
+                                  "M3GNet three-body blocks")
+    with torch.no_grad():
+        for blk in blocks:
+            blk.update_network_atom.layers[0].bias.fill_(float(value))
+
+
+def _optimizer(model, s: FineTuneSettings):
+    """The trainable parameters (the ones an L2-SP anchor covers) and Adam over them, one group per factor.
+
+    A factor-0 group is left out: those parameters are frozen (no update, no anchor term).
+    """
+    import torch
+
+    groups = _param_groups(model, s.lr_multipliers)
+    for _, p in groups.get(0.0, []):
+        p.requires_grad_(False)  # no gradient kept for them either
+    params = [p for f, g in groups.items() if f > 0 for _, p in g]
+    if not params:
+        raise TDPhononError(None, f"learning-rate multipliers {list(s.lr_multipliers)} freeze every parameter")
+    opt = torch.optim.Adam([{"params": [p for _, p in g], "lr": s.lr * f} for f, g in groups.items() if f > 0],
+                           lr=s.lr, weight_decay=s.weight_decay)
+    return params, opt
 
 
 def _drift(params, anchor):
@@ -295,13 +366,14 @@ def fine_tune(
         raise TDPhononError(None, f"{base_model} is not a matgl model: only matgl potentials can be fine-tuned here")
     base_identity = pot.identity.to_dict()
     _check_elements(pot, list(train) + list(val), base_identity["name"])
+    if s.three_body_gate_bias is not None:
+        _set_three_body_gate_bias(pot.model.model, s.three_body_gate_bias, base_identity["name"])
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     tr = _Batches(pot, train)
     va = _Batches(pot, val) if val else None
-    params = [p for p in pot.model.model.parameters() if p.requires_grad]
+    params, opt = _optimizer(pot.model.model, s)
     anchor = [p.detach().clone() for p in params]
-    opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(s.epochs, 1), eta_min=s.lr * s.min_lr_ratio)
     history: list[dict[str, float]] = []
     start_epoch = 0
