@@ -89,7 +89,6 @@ def test_two_epochs_lower_the_loss_and_resume_is_exact(dataset, tmp_path):
     assert anchored.card["settings"]["anchor_weight"] == 100.0
 
 
-
 def test_learning_rate_multipliers_per_module(dataset, tmp_path):
     """lr_multipliers: factor 0 freezes the named module exactly, a factor > 1 moves it further than the
     plain run, the rest of the model trains as usual; bad prefixes and factors are refused. The three-body
@@ -100,7 +99,7 @@ def test_learning_rate_multipliers_per_module(dataset, tmp_path):
     from tdphonon.errors import TDPhononError
     from tdphonon.finetune.dataset import load_dataset
     from tdphonon.finetune.recipe import parse_lr_mult
-    from tdphonon.finetune.train import FineTuneSettings, fine_tune
+    from tdphonon.finetune.train import FineTuneSettings, _set_three_body_gate_bias, fine_tune
 
     data = load_dataset(dataset)
     train, val = data["train"], data["test"]
@@ -136,8 +135,6 @@ def test_learning_rate_multipliers_per_module(dataset, tmp_path):
     gates = [k for k in opened if "update_network_atom.layers.0.bias" in k]
     assert len(gates) == 3 and all(float(opened[k].abs().max()) == 0.0 for k in gates)
     assert all(bool((opened[k] == base[k]).all()) for k in base if tb in k and k not in gates)
-    from tdphonon.finetune.train import _set_three_body_gate_bias
-
     with pytest.raises(TDPhononError, match="no M3GNet three-body blocks"):
         _set_three_body_gate_bias(torch.nn.Linear(2, 2), 0.0, "a linear layer")
     with pytest.raises(ValueError, match="finite factor"):

@@ -732,6 +732,7 @@ def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
     skipped: list[dict[str, str]] = []
     labels: set[str] = set()
     label_to_compound: dict[str, str] = {}
+    formula_of: dict[str, str] = {}  # compound id -> reduced formula (replay skips DFT formulas)
     sha_cache: dict[str, str] = {}
     for item in entries:
         if isinstance(item, SkippedEntry):
@@ -747,6 +748,7 @@ def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
             continue
         labels.add(item.label)
         label_to_compound[item.label] = rec["compound"]
+        formula_of[rec["compound"]] = item.formula
         per_compound.setdefault(rec["compound"], []).extend(atoms)
         records.append(rec)
         files = []
@@ -763,7 +765,7 @@ def build_dataset(entries: Iterable[HarmonicEntry | SkippedEntry],
     held = {label_to_compound.get(h, h) for h in s.held_out}
     missing = sorted(h for h in s.held_out if h not in label_to_compound and h not in per_compound)
     split_of = split_by_compound(per_compound, s.val_fraction, held, s.seed)
-    replay = _replay(s, split_of, base_potential)
+    replay = _replay(s, split_of, formula_of, base_potential)
     structures: dict[str, list[Atoms]] = {k: [] for k in SPLITS}
     compounds: dict[str, Any] = {}
     for comp in sorted(per_compound):
@@ -820,15 +822,18 @@ def needs_base_model(settings: DatasetSettings) -> bool:
     return settings.thermal_labels == "base_anharmonic" or bool(settings.replay and settings.n_replay)
 
 
-def _replay(s: DatasetSettings, split_of: dict[str, str], base_potential) -> dict[str, Any]:
-    """The replay configurations (``"structures"``, all for the training split) and their manifest record."""
+def _replay(s: DatasetSettings, split_of: dict[str, str], formula_of: dict[str, str],
+            base_potential) -> dict[str, Any]:
+    """The replay configurations (``"structures"``, all for the training split) and their manifest record.
+
+    ``split_of`` maps compound ids to their split, ``formula_of`` to their reduced formulas.
+    """
     if not (s.replay and s.n_replay):
         return {"structures": [], "n_structures": 0, "elements": [], "structures_used": [], "skipped": []}
     if base_potential is None:
         raise ValueError("replay structures need the base model (base_potential) for their labels")
     from pymatgen.core import Composition
 
-    formula_of = {c: c.rsplit("-", 1)[0] for c in split_of}  # compound id = formula-spacegroup
     elements = sorted({el.symbol for c, sp in split_of.items() if sp != "test"
                        for el in Composition(formula_of[c]).elements})
     dft_formulas = set(formula_of.values())
