@@ -131,6 +131,12 @@ WURTZITE: list[tuple[str, float, float, float, list[str]]] = [
 
 def prototype_structures() -> list[dict]:
     """The prototype compounds as ``{"label", "structure", "prototype", "lattice"}`` records."""
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    # pymatgen caches SpaceGroup objects only while they are referenced (a weak-value cache), so
+    # every ``Structure.from_spacegroup`` call would rebuild and de-duplicate the group's operations
+    # (~0.3 s each); holding one instance per group here lets all those calls share it.
+    _groups = [SpaceGroup(sg) for sg in sorted({sg for sg, _ in CUBIC.values()} | {"P6_3mc"})]
     out = []
     for label, proto, a, species in CUBIC_COMPOUNDS:
         sg, coords = CUBIC[proto]
