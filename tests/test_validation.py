@@ -103,6 +103,19 @@ def test_quartic_contraction_expands_sorted_clusters():
     want = 0.5 * np.einsum("ijklabcd,kcld->iajb", dense, s.reshape(n, 3, n, 3)).reshape(3 * n, 3 * n)
     got = QuarticContraction.from_sorted(n, sorted_clusters)(s)
     np.testing.assert_allclose(got, want, atol=1e-12)
+    # the vectorised expansion is exactly the per-tuple one: every distinct ordered tuple once, with the
+    # block of its first permutation (visible with blocks that are not symmetric), pairs skipped
+    from tdphonon.validation.scph import _PERMUTATIONS
+
+    raw = {cl: rng.normal(size=(3, 3, 3, 3)) for cl in sorted_clusters} | {(0, 1): np.zeros((3, 3))}
+    full = {}
+    for cl, f in raw.items():
+        for p in _PERMUTATIONS if len(cl) == 4 else ():
+            full.setdefault(tuple(cl[i] for i in p), f.transpose(p))
+    exp, vec = QuarticContraction(n, full), QuarticContraction.from_sorted(n, raw)
+    assert vec.n_clusters == exp.n_clusters == len(full) < 24 * 5
+    assert (vec.matrix != exp.matrix).nnz == 0 and vec.matrix.nnz == exp.matrix.nnz == 81 * len(full)
+    assert QuarticContraction(n, {}).matrix.nnz == 0 and QuarticContraction.from_sorted(n, {}).n_clusters == 0
 
 
 # --------------------------------------------------------------------------------------------

@@ -92,6 +92,12 @@ def mesh_covariance(phonon, force_constants: np.ndarray, temperature: float, mes
     return 0.5 * (out + out.T)
 
 
+#: the 24 orderings of a quartet, in the order :meth:`QuarticContraction.from_sorted` tries them (the
+#: iteration order of their ``set``, deterministic for tuples of ints: kept from the first
+#: implementation so that results stay bitwise the same)
+_PERMUTATIONS: tuple[tuple[int, ...], ...] = tuple(set(itertools.permutations(range(4))))
+
+
 class QuarticContraction:
     """The sparse linear map Σ ↦ ½ Φ₄ : Σ (both 3N × 3N, index 3i+α).
 
@@ -105,41 +111,47 @@ class QuarticContraction:
     """
 
     def __init__(self, n_atoms: int, clusters: Mapping[tuple[int, int, int, int], np.ndarray]) -> None:
+        keys = np.array(list(clusters.keys()), dtype=np.int64).reshape(-1, 4)
+        blocks = np.array([np.asarray(f, dtype=float) for f in clusters.values()]).reshape(-1, 3, 3, 3, 3)
+        self._build(n_atoms, keys, blocks)
+
+    def _build(self, n_atoms: int, keys: np.ndarray, blocks: np.ndarray) -> None:
+        """Assemble the sparse matrix from ``keys`` (M, 4) and their ``blocks`` (M, 3, 3, 3, 3), in order."""
         n3 = 3 * n_atoms
-        rows, cols, vals = [], [], []
-        a, b, c, d = np.meshgrid(*[np.arange(3)] * 4, indexing="ij")
-        a, b, c, d = (x.ravel() for x in (a, b, c, d))
-        for (i, j, k, l), f in clusters.items():
-            f = np.asarray(f, dtype=float)
-            rows.append((3 * i + a) * n3 + 3 * j + b)
-            cols.append((3 * k + c) * n3 + 3 * l + d)
-            vals.append(0.5 * f[a, b, c, d])
+        a, b, c, d = (x.ravel() for x in np.meshgrid(*[np.arange(3)] * 4, indexing="ij"))
+        i, j, k, l = (keys[:, m, None] for m in range(4))
+        rows = ((3 * i + a) * n3 + 3 * j + b).ravel()
+        cols = ((3 * k + c) * n3 + 3 * l + d).ravel()
+        vals = (0.5 * blocks.reshape(len(keys), 81)).ravel()  # C order of (a, b, c, d) = the meshgrid order
         self.n_atoms = n_atoms
-        self.n_clusters = len(clusters)
-        shape = (n3 * n3, n3 * n3)
-        if rows:
-            self.matrix = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                                        shape=shape)
-        else:
-            self.matrix = sp.csr_matrix(shape)
+        self.n_clusters = len(keys)
+        self.matrix = sp.csr_matrix((vals, (rows, cols)), shape=(n3 * n3, n3 * n3))
 
     @classmethod
     def from_sorted(cls, n_atoms: int, sorted_clusters: Mapping[tuple[int, ...], np.ndarray]) -> QuarticContraction:
         """From clusters stored once per sorted atom tuple (hiPhive ``SortedForceConstants``).
 
         The block of a permuted tuple is the transposed block (hiPhive's convention); each distinct
-        permutation is added once.
+        permutation is added once (for a tuple with repeated atoms, the block of the first
+        permutation in :data:`_PERMUTATIONS` order that gives it).
         """
-        full: dict[tuple[int, int, int, int], np.ndarray] = {}
-        for cl, f in sorted_clusters.items():
-            if len(cl) != 4:
-                continue
-            f = np.asarray(f, dtype=float)
-            for perm in set(itertools.permutations(range(4))):
-                key = tuple(cl[p] for p in perm)
-                if key not in full:
-                    full[key] = f.transpose(perm)
-        return cls(n_atoms, full)
+        quartets = [(cl, f) for cl, f in sorted_clusters.items() if len(cl) == 4]
+        cl = np.array([q[0] for q in quartets], dtype=np.int64).reshape(-1, 4)
+        f = np.array([np.asarray(q[1], dtype=float) for q in quartets]).reshape(-1, 3, 3, 3, 3)
+        perms = np.array(_PERMUTATIONS)
+        keys = cl[:, perms]  # (K, 24, 4): cluster-major, permutation-minor
+        flat = keys.reshape(-1, 4)
+        _, first = np.unique(flat, axis=0, return_index=True)  # first occurrence of every distinct tuple
+        first.sort()
+        which_cl, which_perm = np.divmod(first, len(perms))
+        blocks = np.empty((len(first), 3, 3, 3, 3))
+        for p, perm in enumerate(_PERMUTATIONS):
+            sel = which_perm == p
+            if sel.any():
+                blocks[sel] = f[which_cl[sel]].transpose(0, *(1 + q for q in perm))
+        out = cls.__new__(cls)
+        out._build(n_atoms, flat[first], blocks)
+        return out
 
     @classmethod
     def from_hiphive(cls, force_constants) -> QuarticContraction:
