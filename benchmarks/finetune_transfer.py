@@ -54,6 +54,8 @@ SWAPS = {
 
 
 def _summary(m: dict, val: list[str]) -> dict:
+    """The numbers of one variant. ``mae_thz_train`` is ``evaluate_models``' mean over every compound
+    evaluated that is not held out: here the training *and* validation sets (``per_compound`` has each)."""
     per = {n: v.get("mae_thz") for n, v in m["materials"].items() if "error" not in v}
     vals = [per[n] for n in val if n in per]
     return {"mae_thz_heldout": m["mae_thz_heldout"], "mae_thz_train": m["mae_thz_train"],
