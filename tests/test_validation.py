@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -71,6 +73,39 @@ def test_scph_onsite_quartic_solves_the_closed_form(project):
     # the quartic term stiffens: every optical/acoustic frequency goes up, on-site Φ by 3λ⟨u²⟩
     assert (res.frequencies_thz[0, 3:] > res.harmonic_frequencies_thz[0, 3:]).all()
     assert np.all(res.frequencies_thz.max() > res.harmonic_frequencies_thz.max())
+
+
+def test_scph_adaptive_mixing_converges_a_double_well_that_fixed_mixing_cycles():
+    """Φ₂ = −Φ_Cu (every mode imaginary) held up by a strong on-site quartic term (λ = 1000 eV/Å⁴).
+
+    Near the fixed point of Φ = Φ₂ + 3λ diag Σ(Φ) the map's slope, −(ω² − ω₂²)/ω², is below
+    1 − 2/α for α = 0.5: fixed mixing settles into a cycle. Halving α after an overshoot reaches the
+    (stable) fixed point; a run that never overshoots is bitwise the same with and without it.
+    """
+    from tdphonon.sampling import ModeAmplitudePolicy, normal_modes, thermal_covariance
+
+    ph, proj, fc0 = _emt_phonon()
+    t, lam, well = 300.0, 1000.0, -fc0
+    policy = ModeAmplitudePolicy(kind="abs", threshold_thz=1.0)
+    q = QuarticContraction.onsite(len(ph.supercell), lam)
+    kw = dict(mixing=0.5, tol_thz=1e-6, max_iterations=300, projector=proj, policy=policy)
+    plain = scph(ph.supercell, ph.primitive, well, q, t, adaptive_mixing=False, **kw)
+    assert not plain.converged and min(plain.history[-20:]) > 0.1 and set(plain.mixing) == {0.5}
+    res = scph(ph.supercell, ph.primitive, well, q, t, **kw)
+    assert res.converged and res.n_iterations < 100, res.history[-5:]
+    assert res.mixing[0] == 0.5 and 0.05 <= min(res.mixing) < 0.5
+    assert all(b in (a, max(a / 2, 0.05)) for a, b in itertools.pairwise(res.mixing))  # only ever halved
+    assert res.to_dict()["mixing"] == res.mixing
+    assert np.sort(res.frequencies_thz.ravel())[3] > 1.0  # stable: the policy plays no part at the fixed point
+    cov = thermal_covariance(normal_modes(ph.supercell, res.force_constants, ph.primitive), t, policy=policy)
+    target = proj.project(well + 3 * lam * matrix_to_fc(np.diag(np.diag(cov.matrix))))
+    assert np.abs(res.force_constants - target).max() < 1e-4 * np.abs(well).max()
+    # no overshoot (a shallower well): adaptive mixing changes nothing
+    q0 = QuarticContraction.onsite(len(ph.supercell), 500.0)
+    a, b = (scph(ph.supercell, ph.primitive, -0.3 * fc0, q0, t, adaptive_mixing=ad, **kw) for ad in (True, False))
+    assert a.converged and set(a.mixing) == {0.5} and np.array_equal(a.force_constants, b.force_constants)
+    with pytest.raises(ValueError, match="min_mixing"):
+        scph(ph.supercell, ph.primitive, well, q, t, mixing=0.5, min_mixing=0.6)
 
 
 def test_scph_zero_quartic_and_temperature_trend():

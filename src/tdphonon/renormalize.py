@@ -1016,8 +1016,8 @@ def renormalize_temperature(
                 if s.adaptive_mixing:
                     step = ((est.fc - fc_in) / ctx.mass_weight).ravel()  # the undamped update
                     if prev_step is not None:
-                        alpha, history[-1]["step_ratio"] = _adapt_mixing(alpha, step, prev_step, residual,
-                                                                         history[-2]["residual_thz"], s)
+                        alpha, history[-1]["step_ratio"] = adapt_mixing(alpha, step, prev_step, residual,
+                                                                         history[-2]["residual_thz"], s.min_mixing)
                     prev_step = step
                 history[-1]["mixing"] = alpha
                 fc_in = (1.0 - alpha) * fc_in + alpha * est.fc
@@ -1145,8 +1145,8 @@ def renormalize_temperature(
         metrics=metrics, mode_report=mode_report, outliers=tuple(dropped_all), symmetry=sym)
 
 
-def _adapt_mixing(alpha: float, step: np.ndarray, prev_step: np.ndarray, residual: float, prev_residual: float,
-                  s: TDPHSettings) -> tuple[float, float]:
+def adapt_mixing(alpha: float, step: np.ndarray, prev_step: np.ndarray, residual: float, prev_residual: float,
+                 min_mixing: float) -> tuple[float, float]:
     """The next mixing α of a self-consistent run (``adaptive_mixing``) and the step ratio ρ.
 
     ``step`` and ``prev_step`` are the undamped updates d_k = ⟨H⟩_{Σ(Φ_k)} − Φ_k (mass-weighted
@@ -1160,7 +1160,7 @@ def _adapt_mixing(alpha: float, step: np.ndarray, prev_step: np.ndarray, residua
     norm2 = float(prev_step @ prev_step)
     rho = float(step @ prev_step) / norm2 if norm2 > 0 else 0.0
     if rho < 0.0 and residual > prev_residual:
-        alpha = max(0.5 * alpha, s.min_mixing)
+        alpha = max(0.5 * alpha, min_mixing)
     return alpha, rho
 
 
@@ -1180,7 +1180,8 @@ def _model_fixed_point(ctx: _Context, model, fc_in: np.ndarray, temperature: flo
     t0 = time.perf_counter()
     r = scph(ph.supercell, ph.primitive, model.fc2, model.quartic, temperature, mixing=s.mixing,
              tol_thz=tol_thz or min(1e-3, 0.1 * s.tol_thz), max_iterations=500, quantum=s.quantum,
-             projector=ctx.projector, policy=s.policy, initial=fc_in)
+             projector=ctx.projector, policy=s.policy, initial=fc_in,
+             adaptive_mixing=s.adaptive_mixing, min_mixing=s.min_mixing)
     info = {"converged": r.converged, "n_iterations": r.n_iterations, "seconds": time.perf_counter() - t0}
     if isinstance(record.get("model_scph"), list):
         record["model_scph"].append(info)

@@ -10,7 +10,10 @@ the dynamical matrices at the supercell's commensurate q-points with Bose–Eins
 (:func:`tdphonon.sampling.thermal_covariance`, the same Σ(T) the ML TDPH engine uses), so (1) is
 the q-space SCPH equation on that mesh (or, with ``q_mesh``, on a denser Fourier-interpolated mesh:
 :func:`mesh_covariance`). It is iterated with linear mixing until the commensurate
-frequencies change by less than ``tol_thz``.
+frequencies change by less than ``tol_thz``. As in the ML engine (:mod:`tdphonon.renormalize`), the
+mixing α is halved (not below ``min_mixing``) after an overshoot: a soft mode stabilised by a large
+quartic term makes the map steeper than linear mixing with a fixed α can follow (slope below
+1 − 2/α), which would otherwise settle into a period-2 cycle.
 
 The quartic contraction ½ Φ₄ : Σ is a sparse linear map from Σ (3N × 3N) to ΔΦ (3N × 3N), built
 once from the IFCs (:class:`QuarticContraction`): hiPhive force constants (sorted clusters,
@@ -187,10 +190,11 @@ class SCPHResult:
     n_iterations: int
     max_change_thz: float
     history: list[float] = field(default_factory=list)
+    mixing: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "converged": self.converged, "n_iterations": self.n_iterations,
-                "max_change_thz": self.max_change_thz, "history_thz": self.history,
+                "max_change_thz": self.max_change_thz, "history_thz": self.history, "mixing": self.mixing,
                 "min_frequency_thz": float(np.min(self.frequencies_thz))}
 
 
@@ -198,7 +202,7 @@ def scph(supercell, primitive, fc2: np.ndarray, quartic: QuarticContraction, tem
          mixing: float = 0.5, tol_thz: float = 1e-4, max_iterations: int = 200, quantum: bool = True,
          projector: FCProjector | None = None, policy: ModeAmplitudePolicy | None = None,
          initial: np.ndarray | None = None, q_mesh: tuple[int, int, int] | None = None,
-         phonon=None) -> SCPHResult:
+         phonon=None, adaptive_mixing: bool = True, min_mixing: float = 0.05) -> SCPHResult:
     """Solve the SCPH equation (1) at ``temperature`` by mixed fixed-point iteration.
 
     Parameters
@@ -212,9 +216,10 @@ def scph(supercell, primitive, fc2: np.ndarray, quartic: QuarticContraction, tem
     temperature
         K.
     mixing
-        Φ ← (1 − mixing) Φ + mixing · (Φ₂ + ½ Φ₄ : Σ(Φ)).
+        Φ ← (1 − α) Φ + α · (Φ₂ + ½ Φ₄ : Σ(Φ)), starting with α = ``mixing``.
     tol_thz, max_iterations
-        Convergence on the largest change of a commensurate frequency between iterations.
+        Convergence on the largest change of a commensurate frequency between iterations (after the
+        mixing α was lowered, on ``tol_thz · α / mixing``: the steps are that much shorter).
     quantum
         Bose–Einstein (default) or classical amplitudes.
     projector
@@ -227,12 +232,26 @@ def scph(supercell, primitive, fc2: np.ndarray, quartic: QuarticContraction, tem
     q_mesh, phonon
         Dense q-mesh for the covariance (:func:`mesh_covariance`; needs the phonopy object
         ``phonon`` of the supercell); ``None``: the supercell's commensurate q-points.
+    adaptive_mixing, min_mixing
+        Halve α, not below ``min_mixing``, when the undamped update d = Φ₂ + ½ Φ₄ : Σ(Φ) − Φ
+        reversed its direction and grew (mass-weighted norm) since the previous iteration
+        (:func:`tdphonon.renormalize.adapt_mixing`); α is never raised again. A run that never
+        overshoots is the same as with ``adaptive_mixing=False``. The α of every iteration is
+        recorded in :attr:`SCPHResult.mixing`.
     """
+    from tdphonon.renormalize import adapt_mixing
+
+    if not 0.0 < min_mixing <= mixing <= 1.0:
+        raise ValueError(f"need 0 < min_mixing <= mixing <= 1 (min_mixing {min_mixing}, mixing {mixing})")
     phi2 = fc_to_matrix(np.asarray(fc2, dtype=float))
     freq0 = commensurate_frequencies(supercell, primitive, np.asarray(fc2, dtype=float))[1]
     fc = np.asarray(initial if initial is not None else fc2, dtype=float).copy()
     freq = commensurate_frequencies(supercell, primitive, fc)[1]
     history: list[float] = []
+    alphas: list[float] = []
+    masses = np.asarray(supercell.masses, dtype=float)
+    mass_weight = np.sqrt(np.outer(masses, masses))[:, :, None, None]
+    alpha, prev_step, prev_norm = float(mixing), None, np.inf
     change = np.inf
     for it in range(1, max_iterations + 1):
         if q_mesh is not None:
@@ -243,11 +262,18 @@ def scph(supercell, primitive, fc2: np.ndarray, quartic: QuarticContraction, tem
         target = matrix_to_fc(phi2 + quartic(cov))
         if projector is not None:
             target = projector.project(target)
-        fc = (1.0 - mixing) * fc + mixing * target
+        if adaptive_mixing:
+            step = ((target - fc) / mass_weight).ravel()  # the undamped update
+            norm = float(np.linalg.norm(step))
+            if prev_step is not None:
+                alpha, _ = adapt_mixing(alpha, step, prev_step, norm, prev_norm, min_mixing)
+            prev_step, prev_norm = step, norm
+        alphas.append(alpha)
+        fc = (1.0 - alpha) * fc + alpha * target
         new = commensurate_frequencies(supercell, primitive, fc)[1]
         change = float(np.max(np.abs(new - freq)))
         history.append(change)
         freq = new
-        if change < tol_thz:
-            return SCPHResult(float(temperature), fc, freq, freq0, True, it, change, history)
-    return SCPHResult(float(temperature), fc, freq, freq0, False, max_iterations, change, history)
+        if change < tol_thz * alpha / mixing:  # a halved α takes half steps: the same distance to the fixed point
+            return SCPHResult(float(temperature), fc, freq, freq0, True, it, change, history, alphas)
+    return SCPHResult(float(temperature), fc, freq, freq0, False, max_iterations, change, history, alphas)
