@@ -105,6 +105,7 @@ from tdphonon.sampling import (
     ThermalCovariance,
     commensurate_frequencies,
     derive_seed,
+    fc_mass_weight,
     full_force_constants,
     matrix_to_fc,
     normal_modes,
@@ -117,6 +118,7 @@ __all__ = [
     "FCProjector",
     "RenormalizationResult",
     "TDPHSettings",
+    "adapt_mixing",
     "initial_samples",
     "phonopy_with_force_constants",
     "renormalize",
@@ -557,8 +559,7 @@ class _Context:
     @functools.cached_property
     def mass_weight(self) -> np.ndarray:
         """√(m_i m_j) (amu) in the (N, N, 1, 1) layout of the force constants."""
-        m = np.asarray(self.phonon.supercell.masses, dtype=float)
-        return np.sqrt(np.outer(m, m))[:, :, None, None]
+        return fc_mass_weight(self.phonon.supercell)
 
     def quartic_estimate(self, u: np.ndarray, f: np.ndarray, covariance: np.ndarray,
                          weights: np.ndarray | None = None):

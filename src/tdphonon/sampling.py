@@ -48,6 +48,7 @@ __all__ = [
     "commensurate_frequencies",
     "commensurate_qpoints",
     "derive_seed",
+    "fc_mass_weight",
     "fc_to_matrix",
     "full_force_constants",
     "matrix_to_fc",
@@ -81,6 +82,12 @@ def fc_to_matrix(fc: np.ndarray) -> np.ndarray:
     fc = np.asarray(fc, dtype=float)
     n = fc.shape[0]
     return fc.transpose(0, 2, 1, 3).reshape(3 * n, 3 * n)
+
+
+def fc_mass_weight(supercell) -> np.ndarray:
+    """√(m_i m_j) (amu) of a supercell's atoms in the (N, N, 1, 1) layout of the force constants."""
+    m = np.asarray(supercell.masses, dtype=float)
+    return np.sqrt(np.outer(m, m))[:, :, None, None]
 
 
 def matrix_to_fc(mat: np.ndarray) -> np.ndarray:

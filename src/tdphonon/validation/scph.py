@@ -37,6 +37,7 @@ from tdphonon.sampling import (
     FCProjector,
     ModeAmplitudePolicy,
     commensurate_frequencies,
+    fc_mass_weight,
     fc_to_matrix,
     matrix_to_fc,
     normal_modes,
@@ -249,8 +250,7 @@ def scph(supercell, primitive, fc2: np.ndarray, quartic: QuarticContraction, tem
     freq = commensurate_frequencies(supercell, primitive, fc)[1]
     history: list[float] = []
     alphas: list[float] = []
-    masses = np.asarray(supercell.masses, dtype=float)
-    mass_weight = np.sqrt(np.outer(masses, masses))[:, :, None, None]
+    mass_weight = fc_mass_weight(supercell)
     alpha, prev_step, prev_norm = float(mixing), None, np.inf
     change = np.inf
     for it in range(1, max_iterations + 1):
