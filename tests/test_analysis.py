@@ -34,9 +34,14 @@ def test_random_forest_recovers_planted_relationship():
     assert set(res.top_features(2, "impurity")) == {"x0", "x1"}
     assert "constant" not in res.used_features and res.impurity_importance["constant"] == 0.0
     assert res.n_test == 30 and res.n_train == 270  # the paper's 90/10 split
-    # same seed, same model
-    again = fit_random_forest(X, y, target="planted", seed=3, param_grid=SMALL_GRID)
+    assert res.card()["permutation_repeats"] == 10 and (res.permutation_importance_std > 0).any()
+    # same seed, same model; one shuffle per feature: same forest, importances without a spread
+    again = fit_random_forest(X, y, target="planted", seed=3, param_grid=SMALL_GRID, n_repeats=1)
     assert again.test_r2 == res.test_r2 and again.test_index == res.test_index
+    assert again.card()["permutation_repeats"] == 1 and (again.permutation_importance_std == 0).all()
+    assert set(again.top_features(2)) == {"x0", "x1"}
+    with pytest.raises(ValueError, match="positive integer"):
+        fit_random_forest(X, y, n_repeats=0)
     # a target unrelated to the features is not "learned"
     noise = fit_random_forest(X, rng.normal(size=300), seed=3, param_grid=SMALL_GRID)
     assert noise.test_r2 < 0.2
@@ -160,8 +165,9 @@ def test_tables_and_report_from_planted_documents(tmp_path):
     # one material with a 60 % shift: an outlier left out of the fits
     docs[0]["temperatures"][0]["frequency_shift"] = 0.6
     res = analyze(tmp_path / "rep", docs=docs, campaign="planted", threshold=0.15, param_grid=SMALL_GRID,
-                  site_split="material")
+                  site_split="material", permutation_repeats=3)
     sm = res.summary
+    assert sm["permutation_repeats"] == 3
     assert sm["n_materials"] == len(docs) and sm["n_outliers"] == 1 and sm["outliers"][0]["label"] == docs[0]["label"]
     assert sm["global_model"]["fitted"] and sm["local_model"]["fitted"]
     # R_onsite is a function of the site element's mass only: the local model finds it
@@ -193,6 +199,7 @@ def test_tables_and_report_from_planted_documents(tmp_path):
     for name in ("global_model", "local_model"):
         card = json.loads((tmp_path / "rep" / name / "model_card.json").read_text())
         assert card["features"] and card["feature_versions"]["matminer"] and "scikit-learn" in card["packages"]
+        assert card["permutation_repeats"] == sm[name]["permutation_repeats"] == 3
         import joblib
 
         pipe = joblib.load(tmp_path / "rep" / name / "model.joblib")
@@ -246,3 +253,6 @@ def test_analyze_cli_on_a_real_campaign(chgnet, tmp_path, srtio3_cif):
     # no results: a clear error, exit code 2
     res = r.invoke(app, ["analyze", "--local", str(store), "-c", "nonexistent", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "no campaign results" in res.output
+    res = r.invoke(app, ["analyze", "--local", str(store), "-c", "small", "-o", str(tmp_path / "y"),
+                         "--permutation-repeats", "0"])
+    assert res.exit_code == 2 and "permutation-repeats" in res.output

@@ -556,6 +556,8 @@ def analyze(
                       ] = "fit",
     seed: SeedOpt = 0,
     site_split: Annotated[str, typer.Option(help="local-model split: random (paper) | material")] = "random",
+    permutation_repeats: Annotated[int, typer.Option(
+        min=1, help="shuffles per feature of the permutation importances (fewer: faster, noisier)")] = 10,
 ) -> None:
     """Trends, random-forest models, screening and an HTML report of a campaign's results."""
     _quiet()
@@ -572,7 +574,7 @@ def analyze(
         st = cmp.local_store(local) if local else cmp.load_store(store)
         res = run_analysis(out, store=st, campaign=campaign, model=model, temperature=temperature,
                            threshold=threshold, manifest=manifest, reference=reference, boxcox_lambda=lam, seed=seed,
-                           site_split=site_split)
+                           site_split=site_split, permutation_repeats=permutation_repeats)
     except (TDPhononError, ValueError) as exc:
         _fail(exc)
     s = res.summary

@@ -140,6 +140,7 @@ class RFResult:
     permutation_importance: pd.Series
     permutation_importance_std: pd.Series
     extra: dict[str, Any] = field(default_factory=dict)
+    permutation_repeats: int = 10
 
     def top_features(self, n: int = 10, kind: str = "permutation") -> list[str]:
         s = self.permutation_importance if kind == "permutation" else self.impurity_importance
@@ -155,6 +156,7 @@ class RFResult:
             "train_r2": self.train_r2, "test_r2": self.test_r2, "test_mae": self.test_mae,
             "test_r2_original_scale": self.test_r2_original, "test_mae_original_scale": self.test_mae_original,
             "n_train": self.n_train, "n_test": self.n_test, "seed": self.seed,
+            "permutation_repeats": self.permutation_repeats,
             "top10_permutation": self.top_features(10), "top10_impurity": self.top_features(10, "impurity"),
             "impurity_importance": {str(k): float(v) for k, v in self.impurity_importance.items()},
             "permutation_importance": {str(k): float(v) for k, v in self.permutation_importance.items()},
@@ -198,7 +200,15 @@ def fit_random_forest(X: pd.DataFrame, y: pd.Series | np.ndarray, target: str = 
         ``GridSearchCV`` grid over the pipeline (``rf__`` prefixed); default :data:`DEFAULT_PARAM_GRID`.
     cv
         Number of folds (reduced automatically for tiny training sets).
+    n_jobs
+        Worker processes of the forest.
+    n_repeats
+        Shuffles per feature of the permutation importance on the test rows (>= 1). Its cost is
+        ``n_repeats`` × features × one forest prediction; fewer repeats give noisier importances
+        (the spread is reported as ``permutation_importance_std``).
     """
+    if int(n_repeats) != n_repeats or n_repeats < 1:
+        raise ValueError(f"n_repeats (permutation importance) must be a positive integer, not {n_repeats!r}")
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.feature_selection import VarianceThreshold
     from sklearn.impute import SimpleImputer
@@ -237,7 +247,7 @@ def fit_random_forest(X: pd.DataFrame, y: pd.Series | np.ndarray, target: str = 
     best = search.best_estimator_
     pred = best.predict(X.iloc[te])
     pred_orig = transform.inverse(pred) if transform is not None else pred
-    perm = permutation_importance(best, X.iloc[te], z[te], n_repeats=n_repeats, random_state=seed, scoring="r2")
+    perm = permutation_importance(best, X.iloc[te], z[te], n_repeats=int(n_repeats), random_state=seed, scoring="r2")
     used = [str(c) for c in best[:-1].get_feature_names_out()]
     imp = pd.Series(best.named_steps["rf"].feature_importances_, index=used).reindex(X.columns, fill_value=0.0)
     return RFResult(
@@ -250,6 +260,7 @@ def fit_random_forest(X: pd.DataFrame, y: pd.Series | np.ndarray, target: str = 
         impurity_importance=imp.sort_values(ascending=False),
         permutation_importance=pd.Series(perm.importances_mean, index=X.columns).sort_values(ascending=False),
         permutation_importance_std=pd.Series(perm.importances_std, index=X.columns),
+        permutation_repeats=int(n_repeats),
     )
 
 
