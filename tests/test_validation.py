@@ -431,13 +431,14 @@ def test_mesh_covariance_equals_supercell_covariance_on_the_commensurate_mesh():
     from phonopy.structure.atoms import PhonopyAtoms
 
     from tdphonon.sampling import normal_modes, thermal_covariance
-    from tdphonon.validation.scph import mesh_covariance
+    from tdphonon.validation.scph import MeshCovariance, mesh_covariance
 
     # two-atom cell (Cu with a Au substituted): several branches, non-trivial phases
     a = bulk("Cu", "fcc", a=3.7, cubic=True)[:2]
     a.symbols[1] = "Au"
     unit = PhonopyAtoms(symbols=a.get_chemical_symbols(), cell=a.cell[:], scaled_positions=a.get_scaled_positions())
     ph = emt_phonon(unit, np.diag([2, 2, 3]), "P")
+    fc0 = ph.force_constants.copy()
     fc = FCProjector.from_phonopy(ph).project(ph.force_constants)
     for t in (50.0, 600.0):
         want = thermal_covariance(normal_modes(ph.supercell, fc, ph.primitive), t).matrix
@@ -447,6 +448,26 @@ def test_mesh_covariance_equals_supercell_covariance_on_the_commensurate_mesh():
     dense = mesh_covariance(ph, fc, 600.0, (6, 6, 6))
     assert np.abs(dense - want).max() > 1e-6
     assert np.linalg.eigvalsh(dense).min() > -1e-10 * np.abs(dense).max()
+    # one MeshCovariance for many Φ (as scph uses it): each call equals a fresh evaluation, nothing stale
+    reused = MeshCovariance(ph, (6, 6, 6))
+    softer = 0.8 * fc
+    np.testing.assert_array_equal(reused(softer, 600.0), mesh_covariance(ph, softer, 600.0, (6, 6, 6)))
+    np.testing.assert_array_equal(reused(fc, 600.0), dense)
+    assert not np.allclose(reused(softer, 600.0), dense)
+    np.testing.assert_array_equal(ph.force_constants, fc0)  # the input phonopy object is untouched
+    with pytest.raises(ValueError, match="shape"):
+        reused(fc[:2], 600.0)
+    # SCPH on the commensurate mesh = SCPH on the supercell's own modes (projected, as the pipeline runs it:
+    # the sum rule keeps the uniform translations the zero modes that both leave out)
+    q = QuarticContraction.onsite(len(ph.supercell), 30.0)
+    proj = FCProjector.from_phonopy(ph)
+    on_sc = scph(ph.supercell, ph.primitive, fc, q, 300.0, tol_thz=1e-6, projector=proj)
+    on_mesh = scph(ph.supercell, ph.primitive, fc, q, 300.0, tol_thz=1e-6, projector=proj, q_mesh=(2, 2, 3),
+                   phonon=ph)
+    assert on_sc.converged and on_mesh.converged and on_mesh.n_iterations == on_sc.n_iterations
+    np.testing.assert_allclose(on_mesh.force_constants, on_sc.force_constants, atol=1e-8 * np.abs(fc).max())
+    with pytest.raises(ValueError, match="phonon"):
+        scph(ph.supercell, ph.primitive, fc, q, 300.0, q_mesh=(2, 2, 3))
 
 
 # --------------------------------------------------------------------------------------------

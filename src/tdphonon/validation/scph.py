@@ -45,7 +45,7 @@ from tdphonon.sampling import (
     thermal_covariance,
 )
 
-__all__ = ["QuarticContraction", "SCPHResult", "mesh_covariance", "scph"]
+__all__ = ["MeshCovariance", "QuarticContraction", "SCPHResult", "mesh_covariance", "scph"]
 
 
 def mesh_covariance(phonon, force_constants: np.ndarray, temperature: float, mesh: tuple[int, int, int],
@@ -61,39 +61,73 @@ def mesh_covariance(phonon, force_constants: np.ndarray, temperature: float, mes
     (the three translations at Γ get none). On the supercell's commensurate mesh this is exactly
     :func:`tdphonon.sampling.thermal_covariance`; a denser mesh converges the SCPH loop integral in q
     (pairs within the quartic cutoff, < half the supercell width, are unambiguous).
-    """
-    from tdphonon.renormalize import phonopy_with_force_constants
 
-    policy = policy or ModeAmplitudePolicy()
-    ph = phonopy_with_force_constants(phonon, np.asarray(force_constants, dtype=float))
-    ph.run_mesh(list(mesh), is_gamma_center=True, is_mesh_symmetry=False, with_eigenvectors=True)
-    d = ph.get_mesh_dict()
-    qpts, freqs, evecs = np.asarray(d["qpoints"]), np.asarray(d["frequencies"]), np.asarray(d["eigenvectors"])
-    nq, nb = freqs.shape
-    included = np.ones((nq, nb), dtype=bool)
-    for iq in np.flatnonzero(np.all(np.abs(qpts) < 1e-12, axis=1)):
-        included[iq, np.argsort(np.abs(freqs[iq]))[:3]] = False  # uniform translations
-    sigma2, _ = policy_sigma2(freqs.ravel(), included.ravel(), temperature, quantum, policy)
-    sigma2 = sigma2.reshape(nq, nb)
-    cq = np.einsum("qim,qm,qjm->qij", evecs, sigma2, evecs.conj())  # (nq, 3n_p, 3n_p)
-    sc, prim = ph.supercell, ph.primitive
-    p2p = prim.p2p_map
-    p_of = np.array([p2p[i] for i in prim.s2p_map])
-    pos = np.asarray(sc.positions)
-    lat = np.asarray(sc.cell)
-    diff = (pos[:, None, :] - pos[None, :, :]) @ np.linalg.inv(lat)
-    diff -= np.round(diff)
-    d_prim = (diff @ lat) @ np.linalg.inv(np.asarray(prim.cell))  # (N, N, 3) in primitive fractional coords
-    n = len(sc)
-    idx = (3 * p_of[:, None] + np.arange(3)[None, :]).ravel()  # (3N,) rows of C for each supercell dof
-    out = np.zeros((3 * n, 3 * n))
-    for iq in range(nq):
-        phase = np.exp(2j * np.pi * (d_prim @ qpts[iq]))  # (N, N)
-        block = cq[iq][np.ix_(idx, idx)]
-        out += np.real(block * np.repeat(np.repeat(phase, 3, axis=0), 3, axis=1))
-    m = np.repeat(np.asarray(sc.masses), 3)
-    out /= nq * np.sqrt(np.outer(m, m))
-    return 0.5 * (out + out.T)
+    One-off form of :class:`MeshCovariance`; build that once to evaluate many Φ on one mesh.
+    """
+    return MeshCovariance(phonon, mesh)(force_constants, temperature, quantum, policy)
+
+
+class MeshCovariance:
+    """:func:`mesh_covariance` on a fixed structure and q-mesh, for many force constants.
+
+    The phonopy object (its symmetry search is most of the cost of one evaluation on small cells)
+    and the minimum-image geometry are set up once; each call only sets Φ, runs the mesh and sums.
+    The results are the same as :func:`mesh_covariance`'s for every Φ.
+
+    Parameters
+    ----------
+    phonon
+        phonopy object of the supercell (not modified).
+    mesh
+        Γ-centred q-mesh of the primitive cell.
+    """
+
+    def __init__(self, phonon, mesh: tuple[int, int, int]):
+        from tdphonon.renormalize import phonopy_with_force_constants
+
+        self.mesh = tuple(int(x) for x in mesh)
+        n = len(phonon.supercell)
+        self._ph = phonopy_with_force_constants(phonon, np.zeros((n, n, 3, 3)))
+        sc, prim = self._ph.supercell, self._ph.primitive
+        p2p = prim.p2p_map
+        p_of = np.array([p2p[i] for i in prim.s2p_map])
+        pos = np.asarray(sc.positions)
+        lat = np.asarray(sc.cell)
+        diff = (pos[:, None, :] - pos[None, :, :]) @ np.linalg.inv(lat)
+        diff -= np.round(diff)
+        self._d_prim = (diff @ lat) @ np.linalg.inv(np.asarray(prim.cell))  # (N, N, 3) primitive fractional
+        self._idx = (3 * p_of[:, None] + np.arange(3)[None, :]).ravel()  # (3N,) rows of C per supercell dof
+        m = np.repeat(np.asarray(sc.masses), 3)
+        self._sqrt_mm = np.sqrt(np.outer(m, m))
+
+    def __call__(self, force_constants: np.ndarray, temperature: float, quantum: bool = True,
+                 policy: ModeAmplitudePolicy | None = None) -> np.ndarray:
+        """⟨u uᵀ⟩ (3N × 3N, Å²) for Φ = ``force_constants`` (N, N, 3, 3) at ``temperature`` (K)."""
+        policy = policy or ModeAmplitudePolicy()
+        ph = self._ph
+        n = len(ph.supercell)
+        fc = np.asarray(force_constants, dtype=float)
+        if fc.shape != (n, n, 3, 3):
+            raise ValueError(f"force constants must have shape {(n, n, 3, 3)}, got {fc.shape}")
+        ph.force_constants = fc  # phonopy rebuilds its dynamical matrix
+        ph.run_mesh(list(self.mesh), is_gamma_center=True, is_mesh_symmetry=False, with_eigenvectors=True)
+        d = ph.get_mesh_dict()
+        qpts, freqs, evecs = np.asarray(d["qpoints"]), np.asarray(d["frequencies"]), np.asarray(d["eigenvectors"])
+        nq, nb = freqs.shape
+        included = np.ones((nq, nb), dtype=bool)
+        for iq in np.flatnonzero(np.all(np.abs(qpts) < 1e-12, axis=1)):
+            included[iq, np.argsort(np.abs(freqs[iq]))[:3]] = False  # uniform translations
+        sigma2, _ = policy_sigma2(freqs.ravel(), included.ravel(), temperature, quantum, policy)
+        sigma2 = sigma2.reshape(nq, nb)
+        cq = np.einsum("qim,qm,qjm->qij", evecs, sigma2, evecs.conj())  # (nq, 3n_p, 3n_p)
+        idx = self._idx
+        out = np.zeros((3 * n, 3 * n))
+        for iq in range(nq):
+            phase = np.exp(2j * np.pi * (self._d_prim @ qpts[iq]))  # (N, N)
+            block = cq[iq][np.ix_(idx, idx)]
+            out += np.real(block * np.repeat(np.repeat(phase, 3, axis=0), 3, axis=1))
+        out /= nq * self._sqrt_mm
+        return 0.5 * (out + out.T)
 
 
 #: the 24 orderings of a quartet, in the order :meth:`QuarticContraction.from_sorted` tries them (the
@@ -244,6 +278,8 @@ def scph(supercell, primitive, fc2: np.ndarray, quartic: QuarticContraction, tem
 
     if not 0.0 < min_mixing <= mixing <= 1.0:
         raise ValueError(f"need 0 < min_mixing <= mixing <= 1 (min_mixing {min_mixing}, mixing {mixing})")
+    if q_mesh is not None and phonon is None:
+        raise ValueError("q_mesh needs the phonopy object of the supercell (phonon=...)")
     phi2 = fc_to_matrix(np.asarray(fc2, dtype=float))
     freq0 = commensurate_frequencies(supercell, primitive, np.asarray(fc2, dtype=float))[1]
     fc = np.asarray(initial if initial is not None else fc2, dtype=float).copy()
@@ -253,9 +289,10 @@ def scph(supercell, primitive, fc2: np.ndarray, quartic: QuarticContraction, tem
     mass_weight = fc_mass_weight(supercell)
     alpha, prev_step, prev_norm = float(mixing), None, np.inf
     change = np.inf
+    dense = MeshCovariance(phonon, q_mesh) if q_mesh is not None else None
     for it in range(1, max_iterations + 1):
-        if q_mesh is not None:
-            cov = mesh_covariance(phonon, fc, temperature, q_mesh, quantum, policy)
+        if dense is not None:
+            cov = dense(fc, temperature, quantum, policy)
         else:
             cov = thermal_covariance(normal_modes(supercell, fc, primitive), temperature, quantum=quantum,
                                      policy=policy).matrix
