@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Lattice, Species, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from _emt import emt_phonon
@@ -149,6 +149,42 @@ def _planted_docs() -> list[dict]:
                               "r_onsite_sites": sites, "frequency_shift": r_full / 2, "anharmonicity": 0.1}],
         })
     return docs
+
+
+def test_prototype_matching_on_the_restricted_library_equals_the_whole_library(monkeypatch):
+    """Only prototypes with the structure's species fractions and primitive size are fitted: same answers."""
+    import warnings
+
+    import pymatgen.analysis.prototypes as pp
+
+    from tdphonon.analysis import screening
+
+    structures = {}
+    for i, row in enumerate(pp.AFLOW_PROTOTYPE_LIBRARY[::29]):  # 10 prototypes of different kinds
+        s = row["snl"].structure.copy()
+        s.perturb(0.02, seed=i)
+        s.scale_lattice(s.volume * 1.07)
+        structures[f"lib{i}"] = s
+    structures.update(_prototypes()[:3])
+    # magnetite: Fe3O4 to the eye (a binary), Fe2+(8a) Fe3+(16d) O(32e) with valences: a ternary spinel
+    coords = [[0, 0, 0], [0.625, 0.625, 0.625], [0.387, 0.387, 0.387]]  # pymatgen's Fd-3m: origin choice 1
+    structures["Fe3O4"] = Structure.from_spacegroup("Fd-3m", Lattice.cubic(8.4), ["Fe", "Fe", "O"], coords)
+    structures["Fe3O4_valences"] = Structure.from_spacegroup(
+        "Fd-3m", Lattice.cubic(8.4), [Species("Fe", 2), Species("Fe", 3), Species("O", -2)], coords)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = pp.PrototypeDatabaseMatcher(pd.DataFrame(pp.AFLOW_PROTOTYPE_LIBRARY))
+        want = {lab: [t["tags"]["aflow"] for t in whole.get_prototypes(s) or []] for lab, s in structures.items()}
+    got = screening.prototype_labels(structures)
+    for lab, aflow in want.items():
+        assert (got.loc[lab, "aflow"] if got.loc[lab, "source"] == "aflow" else None) == (aflow[0] if aflow else None)
+    assert sum(bool(v) for v in want.values()) >= 10  # most of them matched something
+    assert got.loc["Fe3O4_valences", "prototype"] == "Spinel" and got.loc["Fe3O4", "prototype"] != "Spinel"
+    # pymatgen before PrototypeDatabaseMatcher: the whole-library AflowPrototypeMatcher, same labels
+    monkeypatch.delattr(pp, "PrototypeDatabaseMatcher")
+    monkeypatch.setattr(screening, "_MATCHERS", {})
+    few = {lab: structures[lab] for lab in ("lib0", "Fe3O4_valences")}
+    pd.testing.assert_frame_equal(screening.prototype_labels(few), got.loc[list(few)])
 
 
 def test_tables_and_report_from_planted_documents(tmp_path):

@@ -2,7 +2,7 @@
 
 * :func:`screen` — symmetry-distinct sites with R_onsite ≥ threshold (paper: 0.15).
 * :func:`prototype_labels` — structural prototypes with pymatgen's AFLOW prototype matcher (its
-  library of ~1,100 prototypes ships inside pymatgen, so this works offline). Structures that
+  library, the 288 prototypes of AFLOW part 1, ships inside pymatgen, so this works offline). Structures that
   match no prototype get an equivalent offline label ``<anonymous formula>_<Pearson symbol>_<space
   group number>`` (the AFLOW label without Wyckoff letters), marked ``source="spglib"``.
 * :func:`export_candidates` — the candidate materials as a JSON list ``[{"label", "structure",
@@ -16,6 +16,7 @@ import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,48 @@ def screen(sites: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> pd.Data
     return cand.sort_values(["r_onsite", "label"], ascending=[False, True]).reset_index(drop=True)
 
 
-_MATCHER = None
+#: pymatgen prototype matchers by :func:`_match_key`; key ``None``: the whole-library matcher of
+#: pymatgen versions before ``PrototypeDatabaseMatcher`` (2026.5)
+_MATCHERS: dict[tuple | None, Any] = {}
+_LIBRARY_KEYS: list[tuple] = []
+
+
+def _match_key(structure: Structure) -> tuple[tuple[float, ...], int]:
+    """What a structure must share with a prototype for pymatgen's matcher to fit them.
+
+    The matcher reduces both to the Niggli-reduced primitive cell and calls
+    ``StructureMatcher.fit_anonymous`` without supercells or subsets: that needs the same number of
+    sites, and a species mapping under which the reduced formulas agree (SpeciesComparator), i.e.
+    the same sorted atomic fractions of the species (oxidation states kept, as it sees them).
+    """
+    amounts = list(structure.composition.values())
+    total = sum(amounts)
+    primitive = structure.get_reduced_structure(reduction_algo="niggli").get_primitive_structure()
+    return tuple(sorted(a / total for a in amounts)), len(primitive)
+
+
+def _prototype_matcher(structure: Structure):
+    """pymatgen's AFLOW prototype matcher over the prototypes that can match ``structure`` (or None).
+
+    The matcher fits every library prototype in turn and, while several match, tightens the
+    tolerances and fits them all again; restricting the library to the prototypes with the same
+    :func:`_match_key` gives the same matches (the others never fit) at a fraction of the cost.
+    """
+    try:
+        from pymatgen.analysis.prototypes import AFLOW_PROTOTYPE_LIBRARY, PrototypeDatabaseMatcher
+    except ImportError:  # pymatgen < 2026.5: only the (since deprecated) whole-library class
+        from pymatgen.analysis.prototypes import AflowPrototypeMatcher
+
+        if None not in _MATCHERS:
+            _MATCHERS[None] = AflowPrototypeMatcher()
+        return _MATCHERS[None]
+    if not _LIBRARY_KEYS:
+        _LIBRARY_KEYS.extend(_match_key(row["snl"].structure) for row in AFLOW_PROTOTYPE_LIBRARY)
+    key = _match_key(structure)
+    if key not in _MATCHERS:
+        rows = [row for row, k in zip(AFLOW_PROTOTYPE_LIBRARY, _LIBRARY_KEYS, strict=True) if k == key]
+        _MATCHERS[key] = PrototypeDatabaseMatcher(pd.DataFrame(rows)) if rows else None
+    return _MATCHERS[key]
 
 
 def _pearson(structure: Structure) -> tuple[str, int]:
@@ -58,18 +100,12 @@ def prototype_labels(structures: Mapping[str, Structure]) -> pd.DataFrame:
     Columns: prototype (mineral name or the AFLOW label), aflow, strukturbericht, pearson,
     source ("aflow" when matched in pymatgen's prototype library, else "spglib").
     """
-    global _MATCHER
-    from pymatgen.analysis.prototypes import AflowPrototypeMatcher
-
-    if _MATCHER is None:
-        with warnings.catch_warnings():  # deprecated alias of PrototypeDatabaseMatcher with the AFLOW library
-            warnings.simplefilter("ignore")
-            _MATCHER = AflowPrototypeMatcher()
     rows = []
     for label, s in structures.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tags = _MATCHER.get_prototypes(s)
+            matcher = _prototype_matcher(s)
+            tags = matcher.get_prototypes(s) if matcher is not None else None
         if tags:
             t = tags[0]["tags"] if "tags" in tags[0] else tags[0]
             name = t.get("mineral") or t.get("aflow")
