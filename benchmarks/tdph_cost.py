@@ -291,7 +291,7 @@ class Bench:
         ph = phonopy_with_force_constants(self.phonon, fc)
         names = list(self.qpoints)
         ph.run_qpoints([self.qpoints[k] for k in names])
-        freqs = ph.get_qpoints_dict()["frequencies"]
+        freqs = ph.qpoints.frequencies
         return {k: np.asarray(f, dtype=float).tolist() for k, f in zip(names, freqs, strict=True)}
 
     def equiv(self, force_calls: int, hessian_calls: int) -> int:

@@ -123,8 +123,8 @@ def test_harmonic_thermal_properties_scale_with_frequency():
     tp = harmonic_thermal_properties(ph, fc0, temps, mesh=(8, 8, 8))
     ph.run_mesh([8, 8, 8], is_gamma_center=True)
     ph.run_thermal_properties(temperatures=temps)
-    direct = ph.get_thermal_properties_dict()
-    assert np.allclose(tp.free_energy, direct["free_energy"]) and np.allclose(tp.entropy, direct["entropy"])
+    _, free_energy, entropy, _ = ph.thermal_properties.thermal_properties
+    assert np.allclose(tp.free_energy, free_energy) and np.allclose(tp.entropy, entropy)
     # Dulong–Petit: C_v → 3 n_atoms R per mole of primitive cells (Si: 2 atoms)
     r_gas = 8.314462618
     assert tp.heat_capacity[-1] == pytest.approx(3 * len(ph.primitive) * r_gas, rel=0.01)

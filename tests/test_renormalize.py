@@ -519,7 +519,7 @@ def test_phonopy_copy_and_named_qpoints(nacl):
     assert np.array_equal(ph.force_constants, fc0)  # input untouched
     for q, f in zip(r.qpoints, r.frequencies, strict=True):
         ph_t.run_qpoints([q])
-        assert np.allclose(ph_t.get_qpoints_dict()["frequencies"][0], f, atol=1e-6)
+        assert np.allclose(ph_t.qpoints.frequencies[0], f, atol=1e-6)
     ix = int(np.argmin(np.linalg.norm(r.qpoints - np.array([0.5, 0.0, 0.5]), axis=1)))
     assert np.allclose(r.named_frequencies["X"], r.frequencies[ix], atol=1e-6)
     assert np.all(r.named_frequencies["L"][3:] > r.named_harmonic_frequencies["L"][3:])  # on-site stiffening

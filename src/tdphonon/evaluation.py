@@ -235,8 +235,8 @@ def _nonacoustic(qpoints: np.ndarray, freqs: np.ndarray) -> np.ndarray:
 def _thermal_300k(phonon: Phonopy, mesh: float = 30.0) -> tuple[float, float, float]:
     phonon.run_mesh(mesh)
     phonon.run_thermal_properties(temperatures=[300.0])
-    d = phonon.get_thermal_properties_dict()
-    return float(d["free_energy"][0]), float(d["entropy"][0]), float(d["heat_capacity"][0])
+    _, free_energy, entropy, heat_capacity = phonon.thermal_properties.thermal_properties
+    return float(free_energy[0]), float(entropy[0]), float(heat_capacity[0])
 
 
 def ml_phonon_on_reference(ref: Phonopy, potential: Potential, displacement: float = 0.01,

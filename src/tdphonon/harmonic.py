@@ -298,7 +298,7 @@ def commensurate_qpoints(phonon: Phonopy) -> np.ndarray:
 def frequencies_at(phonon: Phonopy, qpoints: np.ndarray) -> np.ndarray:
     """Frequencies (THz, imaginary negative) at reduced q-points, shape (nq, nbands)."""
     phonon.run_qpoints(np.asarray(qpoints, dtype=float))
-    return np.array(phonon.get_qpoints_dict()["frequencies"])
+    return np.array(phonon.qpoints.frequencies)
 
 
 @dataclass
@@ -319,14 +319,13 @@ class BandStructure:
 def band_structure(phonon: Phonopy, npoints: int = 51) -> BandStructure:
     """Band structure along the seekpath path (phonopy ``auto_band_structure``)."""
     phonon.auto_band_structure(npoints=npoints, with_eigenvectors=False, plot=False, write_yaml=False)
-    d = phonon.get_band_structure_dict()
     bs = phonon.band_structure
     labels = list(bs.labels) if getattr(bs, "labels", None) is not None else []
     conns = list(bs.path_connections) if getattr(bs, "path_connections", None) is not None else []
     return BandStructure(
-        qpoints=[np.asarray(q) for q in d["qpoints"]],
-        distances=[np.asarray(x) for x in d["distances"]],
-        frequencies=[np.asarray(f) for f in d["frequencies"]],
+        qpoints=[np.asarray(q) for q in bs.qpoints],
+        distances=[np.asarray(x) for x in bs.distances],
+        frequencies=[np.asarray(f) for f in bs.frequencies],
         labels=labels,
         connections=conns,
     )
@@ -444,21 +443,20 @@ def phonon_properties(phonon: Phonopy, settings: HarmonicSettings | None = None)
     if s.projected_dos:
         phonon.run_mesh(mesh, with_eigenvectors=True, is_mesh_symmetry=False)
         phonon.run_projected_dos()
-        pd = phonon.get_projected_dos_dict()
-        pdos = np.asarray(pd["projected_dos"])
+        pdos = np.asarray(phonon.projected_dos.projected_dos)
     phonon.run_mesh(mesh, is_gamma_center=True)
     phonon.run_total_dos()
-    td = phonon.get_total_dos_dict()
+    td = phonon.total_dos
     phonon.run_thermal_properties(t_min=s.t_min, t_max=s.t_max, t_step=s.t_step)
-    th = phonon.get_thermal_properties_dict()
-    thermal = {k: np.asarray(th[k]) for k in ("temperatures", "free_energy", "entropy", "heat_capacity")}
+    thermal = dict(zip(("temperatures", "free_energy", "entropy", "heat_capacity"),
+                       (np.asarray(x) for x in phonon.thermal_properties.thermal_properties), strict=True))
     imag = detect_imaginary_modes(cq, cf, band, None, s.imaginary_tol, s.soft_threshold)
-    if pdos is not None and pdos.shape[1] != len(td["frequency_points"]):
+    if pdos is not None and pdos.shape[1] != len(td.frequency_points):
         pdos = None
     return PhononProperties(
         commensurate_qpoints=cq, commensurate_frequencies=cf, band=band,
         mesh_numbers=list(np.asarray(phonon.mesh_numbers).tolist()),
-        dos_frequencies=np.asarray(td["frequency_points"]), dos=np.asarray(td["total_dos"]),
+        dos_frequencies=np.asarray(td.frequency_points), dos=np.asarray(td.dos),
         pdos=pdos, thermal=thermal, imaginary=imag,
     )
 

@@ -266,9 +266,8 @@ def harmonic_thermal_properties(phonon, force_constants: np.ndarray | None, temp
     freqs = ph.mesh.frequencies
     t = np.asarray(list(temperatures), dtype=float)
     ph.run_thermal_properties(temperatures=t)
-    tp = ph.get_thermal_properties_dict()
-    return ThermalProperties(np.asarray(tp["temperatures"]), np.asarray(tp["free_energy"]),
-                             np.asarray(tp["entropy"]), np.asarray(tp["heat_capacity"]),
+    temps, free_energy, entropy, heat_capacity = ph.thermal_properties.thermal_properties
+    return ThermalProperties(np.asarray(temps), np.asarray(free_energy), np.asarray(entropy), np.asarray(heat_capacity),
                              tuple(int(x) for x in ph.mesh.mesh_numbers), int(np.sum(freqs < -0.01)))
 
 

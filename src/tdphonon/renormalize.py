@@ -1201,7 +1201,7 @@ def _gamma_acoustic_mask(qpts: np.ndarray, freqs: np.ndarray) -> np.ndarray:
 
 def _frequencies_at(ph, q: Sequence[float]) -> np.ndarray:
     ph.run_qpoints([list(map(float, q))])
-    return np.asarray(ph.get_qpoints_dict()["frequencies"][0], dtype=float)
+    return np.asarray(ph.qpoints.frequencies[0], dtype=float)
 
 
 def _metrics(ctx: _Context, fc_t: np.ndarray, f_t: np.ndarray, f0: np.ndarray, qpts: np.ndarray,

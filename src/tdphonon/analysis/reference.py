@@ -29,7 +29,7 @@ N_QUANTILES = 200
 def frequency_quantiles(phonon, mesh_length: float = 15.0, n: int = N_QUANTILES) -> np.ndarray:
     """Quantiles (THz) of the frequencies on a uniform Γ-centred mesh of ``mesh_length`` Å (no symmetry)."""
     phonon.run_mesh(mesh_length, is_gamma_center=True, is_mesh_symmetry=False, with_eigenvectors=False)
-    f = np.asarray(phonon.get_mesh_dict()["frequencies"], dtype=float).ravel()
+    f = np.asarray(phonon.mesh.frequencies, dtype=float).ravel()
     return np.quantile(f, np.linspace(0.0, 1.0, n))
 
 

@@ -111,8 +111,8 @@ class MeshCovariance:
             raise ValueError(f"force constants must have shape {(n, n, 3, 3)}, got {fc.shape}")
         ph.force_constants = fc  # phonopy rebuilds its dynamical matrix
         ph.run_mesh(list(self.mesh), is_gamma_center=True, is_mesh_symmetry=False, with_eigenvectors=True)
-        d = ph.get_mesh_dict()
-        qpts, freqs, evecs = np.asarray(d["qpoints"]), np.asarray(d["frequencies"]), np.asarray(d["eigenvectors"])
+        m = ph.mesh
+        qpts, freqs, evecs = np.asarray(m.qpoints), np.asarray(m.frequencies), np.asarray(m.eigenvectors)
         nq, nb = freqs.shape
         included = np.ones((nq, nb), dtype=bool)
         for iq in np.flatnonzero(np.all(np.abs(qpts) < 1e-12, axis=1)):
