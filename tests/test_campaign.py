@@ -3,7 +3,7 @@
 The module starts ``secantusd-py`` (SecantusDB: MongoDB wire protocol on WiredTiger) itself on a
 free port and stops it by pid. Set ``TDPHONON_TEST_MONGODB_URI=mongodb://...`` to run the same tests
 against a real MongoDB instead (the server-restart test is then skipped). Either way the launchpad
-and the stores connect through a URI (``uri_mode``, MongoURIStore, GridFSURIStore).
+and the stores connect through a URI (``uri_mode``; MongoStore / GridFSStore with ``uri``).
 
 One campaign is driven through its life in order (the tests share state and must run in file
 order): submit 3 materials → a misconfigured worker fizzles one firework → a worker is SIGKILLed
@@ -50,9 +50,9 @@ def env(tmp_path_factory):
     jf_file = root / "jobflow.yaml"
     jf_file.write_text(
         "JOB_STORE:\n"
-        f"  docs_store: {{type: MongoURIStore, uri: '{uri}', database: {DB}, collection_name: outputs}}\n"
+        f"  docs_store: {{type: MongoStore, uri: '{uri}', database: {DB}, collection_name: outputs}}\n"
         "  additional_stores:\n"
-        f"    data: {{type: GridFSURIStore, uri: '{uri}', database: {DB}, collection_name: outputs_blobs}}\n")
+        f"    data: {{type: GridFSStore, uri: '{uri}', database: {DB}, collection_name: outputs_blobs}}\n")
     from tdphonon.campaign import load_launchpad
 
     lp = load_launchpad(lp_file)
@@ -361,11 +361,11 @@ def test_query_can_exclude_imaginary_fixed_points(env, tmp_path):
     at the filtered temperature when per-temperature conditions are given, else at any temperature;
     one-shot (None) and pre-flag documents (no field) are kept."""
     from jobflow import JobStore
-    from maggma.stores import MongoURIStore
+    from maggma.stores import MongoStore
 
     from tdphonon.campaign import METRICS_STEP, query
 
-    store = JobStore(MongoURIStore(env["uri"], database=f"{DB}_ifp", collection_name="outputs"))
+    store = JobStore(MongoStore(uri=env["uri"], database=f"{DB}_ifp", collection_name="outputs"))
     store.connect()
 
     def doc(label, temps):
@@ -412,7 +412,7 @@ def test_submit_finds_results_stored_under_earlier_keys(env):
     campaign documents touched."""
     from fireworks import Firework, LaunchPad, ScriptTask, Workflow
     from jobflow import JobStore
-    from maggma.stores import MongoURIStore
+    from maggma.stores import MongoStore
     from pymatgen.core import Lattice, Structure
 
     from tdphonon.campaign import METRICS_STEP, MaterialInput, submit
@@ -428,7 +428,7 @@ def test_submit_finds_results_stored_under_earlier_keys(env):
         return TDPhononMaker(model="sevennet-0", temperatures=tuple(c["temperatures"]),
                              tdph_settings=c["tdph_settings"])
 
-    store = JobStore(MongoURIStore(env["uri"], database=f"{DB}_oldkeys", collection_name="outputs"))
+    store = JobStore(MongoStore(uri=env["uri"], database=f"{DB}_oldkeys", collection_name="outputs"))
     store.connect()
     store.docs_store.update([
         {"uuid": "one-shot-9f49e15", "index": 1, "metadata": {"tdphonon_step": METRICS_STEP},
