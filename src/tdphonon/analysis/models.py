@@ -36,6 +36,7 @@ __all__ = [
     "RFResult",
     "filter_outliers",
     "fit_random_forest",
+    "permutation_repeats",
     "plot_importances",
     "plot_parity",
     "save_model",
@@ -178,6 +179,13 @@ def _versions(*names: str) -> dict[str, str | None]:
     return out
 
 
+def permutation_repeats(n) -> int:
+    """``n`` as the number of shuffles per feature of a permutation importance (a positive integer)."""
+    if int(n) != n or n < 1:
+        raise ValueError(f"permutation repeats must be a positive integer, not {n!r}")
+    return int(n)
+
+
 def fit_random_forest(X: pd.DataFrame, y: pd.Series | np.ndarray, target: str = "target",
                       transform: BoxCox | None = None, groups: Sequence[Any] | None = None,
                       test_size: float = 0.1, seed: int = 0, param_grid: Mapping[str, list] | None = None,
@@ -207,8 +215,7 @@ def fit_random_forest(X: pd.DataFrame, y: pd.Series | np.ndarray, target: str = 
         ``n_repeats`` × features × one forest prediction; fewer repeats give noisier importances
         (the spread is reported as ``permutation_importance_std``).
     """
-    if int(n_repeats) != n_repeats or n_repeats < 1:
-        raise ValueError(f"n_repeats (permutation importance) must be a positive integer, not {n_repeats!r}")
+    n_repeats = permutation_repeats(n_repeats)
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.feature_selection import VarianceThreshold
     from sklearn.impute import SimpleImputer
@@ -247,7 +254,7 @@ def fit_random_forest(X: pd.DataFrame, y: pd.Series | np.ndarray, target: str = 
     best = search.best_estimator_
     pred = best.predict(X.iloc[te])
     pred_orig = transform.inverse(pred) if transform is not None else pred
-    perm = permutation_importance(best, X.iloc[te], z[te], n_repeats=int(n_repeats), random_state=seed, scoring="r2")
+    perm = permutation_importance(best, X.iloc[te], z[te], n_repeats=n_repeats, random_state=seed, scoring="r2")
     used = [str(c) for c in best[:-1].get_feature_names_out()]
     imp = pd.Series(best.named_steps["rf"].feature_importances_, index=used).reindex(X.columns, fill_value=0.0)
     return RFResult(
@@ -260,7 +267,7 @@ def fit_random_forest(X: pd.DataFrame, y: pd.Series | np.ndarray, target: str = 
         impurity_importance=imp.sort_values(ascending=False),
         permutation_importance=pd.Series(perm.importances_mean, index=X.columns).sort_values(ascending=False),
         permutation_importance_std=pd.Series(perm.importances_std, index=X.columns),
-        permutation_repeats=int(n_repeats),
+        permutation_repeats=n_repeats,
     )
 
 

@@ -139,8 +139,7 @@ def analyze(out: str | Path, store=None, store_dir: str | Path | None = None,
     """
     if site_split not in ("random", "material"):
         raise ValueError(f"site_split must be 'random' or 'material', not {site_split!r}")
-    if int(permutation_repeats) != permutation_repeats or permutation_repeats < 1:
-        raise ValueError(f"permutation_repeats must be a positive integer, not {permutation_repeats!r}")
+    permutation_repeats = _models.permutation_repeats(permutation_repeats)  # fail before the slow steps
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
