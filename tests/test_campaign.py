@@ -405,6 +405,34 @@ def test_query_can_exclude_imaginary_fixed_points(env, tmp_path):
     assert [d["label"] for d in json.loads(res.stdout)] == ["old", "oneshot", "real"]
 
 
+def test_query_can_exclude_step_sensitive_results(env, tmp_path):
+    """``exclude_step_sensitive`` (a real MongoDB wire protocol, own database) drops the results whose harmonic
+    step check flagged step-dependent force constants and keeps unchecked ones; the CSV rows say which."""
+    from jobflow import JobStore
+    from maggma.stores import MongoStore
+
+    from tdphonon.campaign import METRICS_STEP, query, rows
+
+    store = JobStore(MongoStore(uri=env["uri"], database=f"{DB}_step", collection_name="outputs"))
+    store.connect()
+
+    def doc(label, check):
+        return {"uuid": label, "index": 1, "metadata": {"tdphonon_step": METRICS_STEP},
+                "output": {"label": label, "campaign": "step", "formula": "X", "spacegroup_symbol": "Fm-3m",
+                           "spacegroup_number": 225, "model": {"name": "m"}, "n_atoms_supercell": 32,
+                           "harmonic": {"imaginary": None, **({"step_check": check} if check else {})},
+                           "temperatures": [{"temperature": 300.0, "r_full": 0.1, "r_onsite_max": 0.2,
+                                             "frequency_shift": 0.1}]}}
+
+    store.docs_store.update([doc("rough", {"step_sensitive": True, "max_change_thz": 2.7}),
+                             doc("smooth", {"step_sensitive": False, "max_change_thz": 0.01}),
+                             doc("unchecked", None)], key="uuid")
+    got = query(store, campaign="step")
+    assert [d["label"] for d in got] == ["rough", "smooth", "unchecked"]
+    assert [r["step_sensitive"] for r in rows(got)] == [True, False, None]
+    assert [d["label"] for d in query(store, campaign="step", exclude_step_sensitive=True)] == ["smooth", "unchecked"]
+
+
 def test_submit_finds_results_stored_under_earlier_keys(env):
     """Resubmitting a campaign after an upgrade: a result stored (or a workflow added) under the key an
     earlier version computed (tests/data/campaign_keys_history.json) is a duplicate, reported under that

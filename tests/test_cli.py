@@ -54,6 +54,22 @@ def test_run_on_dft_harmonic_potential_gives_no_shift(tmp_path):
                               "--no-relax", "--supercell", "2 2 2",
                               "--estimator", "hessian", "--n-configurations", "4", "--out", str(out)])
     assert res.exit_code == 0 and "reusing" in res.output
+    # with the step check: other settings (not the stored result), the check in the document and the output
+    res = runner.invoke(app, ["run", str(poscar), "-T", "300", "--model", f"harmonic:{params}", "--no-relax",
+                              "--supercell", "2 2 2", "--estimator", "hessian", "--n-configurations", "4",
+                              "--check-displacement", "0.03", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "reusing" not in res.output and "step-independent" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    check = summary["harmonic"]["step_check"]
+    assert check["check_displacement"] == 0.03 and check["max_change_thz"] < 1e-6 and not check["step_sensitive"]
+    assert summary["harmonic_settings"]["check_displacement"] == 0.03
+    from tdphonon.cli import _maker
+
+    m = _maker("harmonic:x", [300.0], "force_fit", False, 16, "abs", 0, False, None, "c", check_displacement=0.03)
+    assert m.harmonic.check_displacement == 0.03
+    assert "check_displacement" not in _maker("harmonic:x", [300.0], "force_fit", False, 16, "abs", 0, False,
+                                              None, "c").harmonic.to_dict()
 
 
 @requires_reference
@@ -95,6 +111,10 @@ def test_cli_reports_bad_input_clearly(tmp_path):
     res = runner.invoke(app, ["harmonic", str(bad), "--model", "chgnet", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "overlap" in res.output and "overlapping atoms" in res.output
+    # a step check with the result's own step is refused before any model is loaded
+    res = runner.invoke(app, ["harmonic", str(bad), "--model", "no-such-model", "--check-displacement", "0.01",
+                              "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "must differ from displacement" in res.output
 
 
 def test_run_target_error_needs_the_noise_stop_and_the_pool(tmp_path, srtio3_cif):

@@ -16,6 +16,7 @@ from tdphonon.errors import RelaxationError, StructureError, UnsupportedElements
 from tdphonon.evaluation import compare_with_reference, load_reference
 from tdphonon.harmonic import (
     HarmonicSettings,
+    check_step_sensitivity,
     choose_supercell_matrix,
     commensurate_qpoints,
     frequencies_at,
@@ -53,6 +54,108 @@ def test_harmonic_detects_broken_physics(nacl_fd):
     res = harmonic_phonons(from_phonopy_atoms(nacl_fd.unitcell), pot, _dft_settings(nacl_fd))
     q = commensurate_qpoints(nacl_fd)
     assert np.abs(frequencies_at(res.phonon, q) - frequencies_at(nacl_fd, q)).max() > 1e-2
+
+
+# ----------------------------------------------------------------------------- step check
+# ν² (THz²) per force constant / mass in eV/Å²/amu: (1/2π)·sqrt(eV/(Å²·amu)) in THz, squared
+_THZ2 = (np.sqrt(1.602176634e-19 / (1e-20 * 1.66053906660e-27)) / (2 * np.pi * 1e12)) ** 2
+
+
+def _si_onsite_potential(lam: float, shift: float = 0.0):
+    """(Si DFT phonopy object, ForceConstantPotential Φ_DFT − shift·P + on-site quartic λ).
+
+    P = (δ_ij − 1/N) ⊗ I₃ is the on-site constant made translation invariant: for this monatomic
+    crystal it lowers every ν² but the three Γ acoustic ones by shift·_THZ2/m exactly. A finite
+    displacement u = h·n (unit vector n) sees the on-site quartic (force −λu³) as an extra on-site
+    constant −F·u/|u|² = λh²·Σₐnₐ⁴ (isotropic at a cubic site), which the sum-rule projection turns
+    into +λh²Σnₐ⁴·P: so ν²(h) = ν₀² + (λh²Σnₐ⁴ − shift)·_THZ2/m.
+    """
+    ref = load_reference(REFERENCE / "phonopy/test/phonopy_params_Si.yaml").phonon
+    n = len(ref.supercell)
+    proj = np.einsum("ij,ab->ijab", np.eye(n) - 1.0 / n, np.eye(3))
+    base = ForceConstantPotential.from_phonopy(ref)
+    return ref, ForceConstantPotential(base.reference, base.fc - shift * proj, quartic=lam)
+
+
+def _sum_n4(ref) -> float:
+    """Σₐnₐ⁴ of the direction phonopy displaces the Si atom along (one symmetry-distinct displacement)."""
+    ph = phonopy.Phonopy(ref.unitcell, supercell_matrix=ref.supercell_matrix, primitive_matrix=ref.primitive_matrix)
+    ph.generate_displacements(distance=0.01, is_plusminus="auto")
+    d = np.asarray([x[1:] for x in ph.displacements], dtype=float)
+    s4 = np.sum((d / np.linalg.norm(d, axis=1, keepdims=True)) ** 4, axis=1)
+    assert np.ptp(s4) < 1e-12
+    return float(s4[0])
+
+
+def test_step_check_settings_are_inert_when_off():
+    """Without the check the settings dict and digest are those of the versions before it (campaign keys)."""
+    assert HarmonicSettings().digest() == "f7e3e1fb8402f07321f5830fe17dbabad48ff25f9cd5daaadf8c2d93b4fed381"
+    assert HarmonicSettings(displacement=0.03, supercell_matrix=(2, 2, 2)).digest() == (
+        "c3ceb48c85ed26b6e7eb8d79569a2e84ce0715ad1a8363d1ea01c66cb57d4713")
+    assert "check_displacement" not in HarmonicSettings().to_dict()
+    on = HarmonicSettings(check_displacement=0.03)
+    assert on.to_dict()["check_displacement"] == 0.03 and on.digest() != HarmonicSettings().digest()
+    from tdphonon.jobs import harmonic_settings_from_dict
+
+    assert harmonic_settings_from_dict(on.to_dict()) == on
+    assert harmonic_settings_from_dict(HarmonicSettings().to_dict()).check_displacement is None
+    for bad, match in (({"check_displacement": 0.0}, "positive"), ({"check_displacement": 0.01}, "must differ"),
+                       ({"check_tol_thz": -1.0}, "check_tol_thz"), ({"displacement": float("nan")}, "displacement")):
+        with pytest.raises(ValueError, match=match):
+            HarmonicSettings(**bad)
+
+
+@requires_reference
+@pytest.mark.parametrize("lam", [0.0, 100.0])
+def test_step_check_closed_form_on_site_quartic(lam):
+    """Harmonic potential: no change between steps. On-site quartic λ: ν²(h₂) − ν²(h₁) = λ(h₂² − h₁²)·_THZ2/m."""
+    ref, pot = _si_onsite_potential(lam)
+    s = HarmonicSettings(**{**_dft_settings(ref).__dict__, "check_displacement": 0.05})
+    res = harmonic_phonons(from_phonopy_atoms(ref.unitcell), pot, s, label="Si-quartic")
+    chk = res.step_check
+    f1, f2 = res.properties.commensurate_frequencies, chk.frequencies
+    if lam == 0.0:
+        assert chk.max_change_thz < 1e-6 and not chk.step_sensitive and chk.message is None
+        np.testing.assert_allclose(f1, frequencies_at(ref, commensurate_qpoints(ref)), atol=1e-6)
+    else:
+        expected = lam * _sum_n4(ref) * (0.05**2 - 0.01**2) * _THZ2 / 28.0855
+        d2 = np.sign(f2) * f2**2 - np.sign(f1) * f1**2
+        gamma = np.all(np.isclose(commensurate_qpoints(res.phonon), 0.0), axis=1)
+        np.testing.assert_allclose(d2[~gamma], expected, rtol=1e-6)
+        np.testing.assert_allclose(d2[gamma][:, 3:], expected, rtol=1e-6)  # Γ optical
+        assert np.abs(d2[gamma][:, :3]).max() < 1e-6  # Γ acoustic
+        assert chk.step_sensitive and chk.max_change_thz == pytest.approx(np.abs(f2 - f1).max())
+        assert "Si-quartic" in chk.message and "depend on the step" in chk.message
+    assert not chk.imaginary_step_dependent
+    assert chk.force_calls == res.fc_stats["force_calls"]  # one more force set, counted in the total
+    assert res.fc_stats["force_calls_total"] == 2 * res.fc_stats["force_calls"]
+    assert res.summary()["step_check"]["max_change_thz"] == chk.max_change_thz
+    assert "frequencies" not in res.summary()["step_check"]
+
+
+@requires_reference
+def test_step_check_flags_imaginary_modes_of_one_step_only():
+    """A mode imaginary at 0.01 Å and real at 0.1 Å (what CHGNet does to fcc Al) is named in the check."""
+    ref0 = load_reference(REFERENCE / "phonopy/test/phonopy_params_Si.yaml").phonon
+    f0 = frequencies_at(ref0, commensurate_qpoints(ref0))
+    k = _THZ2 / 28.0855
+    shift = (np.sort(f0.ravel())[3] ** 2 + 1.0) / k  # lowest non-acoustic ν² → −1 THz² before the quartic
+    h1, h2 = 0.01, 0.1
+    lam = (shift + 2.0 / k) / (h2**2 * _sum_n4(ref0))  # at h2 every ν² is 2 THz² above the unshifted ν₀²
+    ref, pot = _si_onsite_potential(lam, shift)
+    s = HarmonicSettings(**{**_dft_settings(ref).__dict__, "displacement": h1, "check_displacement": h2})
+    res = harmonic_phonons(from_phonopy_atoms(ref.unitcell), pot, s, label="Si-double-well")
+    chk = res.step_check
+    assert res.properties.imaginary.has_imaginary  # the result keeps the primary step's Φ⁰
+    assert chk.n_imaginary_commensurate["displacement"] > 0 and chk.n_imaginary_commensurate["check"] == 0
+    assert chk.min_frequency_thz["displacement"] < -0.5 < 0 < chk.min_frequency_thz["check"]
+    assert chk.imaginary_step_dependent and chk.step_sensitive
+    assert "Si-double-well" in chk.message and "one finite-displacement step only" in chk.message
+    # the function on its own gives the same check and leaves the phonopy object as it was
+    fc = res.force_constants.copy()
+    again = check_step_sensitivity(res.phonon, pot, h1, h2, label="Si-double-well")
+    assert again.to_dict() | {"seconds": 0} == chk.to_dict() | {"seconds": 0}
+    np.testing.assert_array_equal(res.force_constants, fc)
 
 
 @pytest.mark.mlip

@@ -425,15 +425,20 @@ def results_criteria(campaign: str | None = None, r_onsite_min: float | None = N
                      r_full_min: float | None = None, elements: Sequence[str] | None = None,
                      spacegroup: int | str | None = None, temperature: float | None = None,
                      model: str | None = None, label: str | None = None,
-                     exclude_imaginary_fixed_points: bool = False) -> dict[str, Any]:
+                     exclude_imaginary_fixed_points: bool = False,
+                     exclude_step_sensitive: bool = False) -> dict[str, Any]:
     """Mongo criteria on the job store selecting :class:`TDPhononDoc` results.
 
     The per-temperature conditions (``temperature``, ``r_onsite_min``, ``r_full_min``) must hold at one
     and the same temperature. ``exclude_imaginary_fixed_points`` drops self-consistent results that
     converged to a Φ(T) with imaginary modes (not SCHA solutions; ``TemperatureDoc.imaginary_fixed_point``):
     at that temperature when per-temperature conditions are given, otherwise at any temperature.
+    ``exclude_step_sensitive`` drops results whose harmonic step check found step-dependent force
+    constants (``harmonic.step_check.step_sensitive``; results computed without the check are kept).
     """
     crit: dict[str, Any] = {"metadata.tdphonon_step": METRICS_STEP}
+    if exclude_step_sensitive:
+        crit["output.harmonic.step_check.step_sensitive"] = {"$ne": True}
     if campaign:
         crit["output.campaign"] = campaign
     if label:
@@ -489,6 +494,7 @@ def rows(docs: Sequence[dict], temperature: float | None = None) -> list[dict]:
                         "r_onsite_max": t["r_onsite_max"], "frequency_shift": t["frequency_shift"],
                         "min_frequency_thz": t.get("min_frequency_thz"), "converged": t.get("converged"),
                         "imaginary_fixed_point": t.get("imaginary_fixed_point"),
+                        "step_sensitive": ((d.get("harmonic") or {}).get("step_check") or {}).get("step_sensitive"),
                         "n_atoms_supercell": d["n_atoms_supercell"]})
     return out
 

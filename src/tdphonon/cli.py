@@ -86,6 +86,9 @@ SupercellOpt = Annotated[str | None, typer.Option(help="supercell matrix: '2 2 2
 MinLengthOpt = Annotated[float, typer.Option(help="automatic supercell: min width (Å)")]
 MaxAtomsOpt = Annotated[int, typer.Option(help="automatic supercell: max atoms")]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu / cuda (default: auto)")]
+CheckDisplacementOpt = Annotated[float | None, typer.Option(
+    help="second finite displacement (Å, e.g. 0.03): recompute Φ⁰ with it and flag step-dependent force "
+         "constants (one more force set; see docs/methods.md)")]
 
 
 @app.command()
@@ -101,6 +104,7 @@ def harmonic(
     fmax: Annotated[float, typer.Option(help="relaxation force criterion (eV/Å)")] = 0.005,
     relax_steps: Annotated[int, typer.Option(help="relaxation step budget")] = 300,
     standardize: Annotated[bool, typer.Option(help="use the conventional standard cell")] = True,
+    check_displacement: CheckDisplacementOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """ML harmonic phonons: writes phonopy.yaml, summary.json and dispersion_dos.png."""
@@ -112,7 +116,8 @@ def harmonic(
     try:
         settings = HarmonicSettings(relax=relax, supercell_matrix=_parse_supercell(supercell), min_length=min_length,
                                     max_atoms=max_atoms, displacement=displacement, fmax=fmax,
-                                    relax_steps=relax_steps, standardize=standardize)
+                                    relax_steps=relax_steps, standardize=standardize,
+                                    check_displacement=check_displacement)
         spec = resolve_model_spec(model)
         console.print(f"loading model [bold]{spec}[/]")
         pot = load_potential(spec, device=device)
@@ -121,14 +126,26 @@ def harmonic(
         files = res.save(out)
         png = plot_dispersion_dos([("0 K", res.properties)], out / "dispersion_dos.png",
                                   title=f"{res.label} — {pot.identity.name}")
-    except TDPhononError as exc:
+    except (TDPhononError, ValueError) as exc:
         _fail(exc)
     im = res.properties.imaginary
     console.print(f"[green]done[/] {res.label}: supercell {len(res.phonon.supercell)} atoms, "
                   f"max frequency {res.properties.commensurate_frequencies.max():.3f} THz, "
                   f"imaginary modes: {f'yes (min {im.min_frequency:.3f} THz)' if im.has_imaginary else 'none'}")
+    _print_step_check(res.step_check.to_dict() if res.step_check else None)
     for k, v in {**files, "plot": png}.items():
         console.print(f"  {k}: {v}")
+
+
+def _print_step_check(check: dict | None) -> None:
+    if not check:
+        return
+    if check.get("message"):
+        console.print(f"  [yellow]warning[/]: {check['message']}")
+    else:
+        console.print(f"  step check: frequencies change by at most {check['max_change_thz']:.3f} THz between "
+                      f"{check['displacement']:g} and {check['check_displacement']:g} Å "
+                      f"(≤ {check['tol_thz']:g} THz: step-independent)")
 
 
 TemperatureOpt = Annotated[list[float], typer.Option("--temperature", "-T", help="K (repeat for several)")]
@@ -182,6 +199,7 @@ def run(
     min_length: MinLengthOpt = 10.0,
     max_atoms: MaxAtomsOpt = 260,
     displacement: Annotated[float, typer.Option(help="finite displacement for Φ⁰ (Å)")] = 0.01,
+    check_displacement: CheckDisplacementOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Harmonic + temperature-dependent force constants: phonopy yaml for Φ⁰ and each Φ(T), summary.json,
@@ -197,7 +215,7 @@ def run(
 
     try:
         hs = HarmonicSettings(relax=relax, supercell_matrix=_parse_supercell(supercell), min_length=min_length,
-                              max_atoms=max_atoms, displacement=displacement)
+                              max_atoms=max_atoms, displacement=displacement, check_displacement=check_displacement)
         ts = _tdph_settings(estimator=estimator, self_consistent=self_consistent, n_configurations=n_configurations,
                             sampling=sampling, quantum=not classical, policy=policy, mixing=mixing,
                             adaptive_mixing=adaptive_mixing, max_iterations=max_iterations, tol_thz=tol,
@@ -224,6 +242,7 @@ def run(
         _fail(exc)
     console.print(f"[green]done[/] {doc['label']} ({doc['model']['name']}, {ts.estimator}, "
                   f"{'self-consistent' if ts.self_consistent else 'one-shot'})")
+    _print_step_check(doc.get("harmonic", {}).get("step_check"))
     for t in doc["temperatures"]:
         console.print(f"  T = {t['temperature']:g} K: R_full {_num(t['r_full'])}, max R_onsite "
                       f"{_num(t['r_onsite_max'])}, frequency shift {_num(t['frequency_shift'])}, "
@@ -304,7 +323,7 @@ def _settings_file(path: Path | None, ts):
 
 
 def _maker(model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax, supercell,
-           campaign, device=None, tdph_settings_file=None):
+           campaign, device=None, tdph_settings_file=None, check_displacement=None):
     from tdphonon.flows import TDPhononMaker
 
     ts = _settings_file(tdph_settings_file, _tdph_settings(
@@ -313,17 +332,20 @@ def _maker(model, temperature, estimator, self_consistent, n_configurations, pol
     hs = {"relax": relax}
     if supercell:
         hs["supercell_matrix"] = _parse_supercell(supercell)
+    if check_displacement is not None:
+        hs["check_displacement"] = check_displacement
     return TDPhononMaker(model=resolve_model_spec(model), temperatures=tuple(temperature),
                          harmonic_settings=hs, tdph_settings=ts.to_dict(), campaign=campaign, device=device)
 
 
 def _inputs_and_maker(inputs, model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax,
-                      supercell, campaign, device=None, tdph_settings_file=None):
+                      supercell, campaign, device=None, tdph_settings_file=None, check_displacement=None):
     """Materials of ``inputs`` (unreadable ones reported), the skipped entries and the campaign's maker."""
     from tdphonon import campaign as cmp
 
+    # a bad settings file fails before any input is read
     maker = _maker(model, temperature, estimator, self_consistent, n_configurations, policy, seed, relax, supercell,
-                   campaign, device, tdph_settings_file)  # a bad settings file fails before any input is read
+                   campaign, device, tdph_settings_file, check_displacement)
     mats, skipped = cmp.read_inputs(inputs)
     _report_inputs(skipped)
     return mats, skipped, maker
@@ -356,6 +378,7 @@ def submit(
     seed: SeedOpt = 0,
     relax: RelaxOpt = True,
     supercell: SupercellOpt = None,
+    check_displacement: CheckDisplacementOpt = None,
     tdph_settings: TDPHSettingsOpt = None,
     launchpad: LaunchpadOpt = None,
     store: StoreOpt = None,
@@ -367,7 +390,8 @@ def submit(
     try:
         mats, skipped, maker = _inputs_and_maker(inputs, model, temperature, estimator, self_consistent,
                                                  n_configurations, policy, seed, relax, supercell, campaign,
-                                                 tdph_settings_file=tdph_settings)
+                                                 tdph_settings_file=tdph_settings,
+                                                 check_displacement=check_displacement)
         rep = cmp.submit(mats, maker, cmp.load_launchpad(launchpad), cmp.load_store(store))
         rep.skipped = skipped
     except (TDPhononError, ValueError) as exc:
@@ -392,6 +416,7 @@ def campaign(
     seed: SeedOpt = 0,
     relax: RelaxOpt = True,
     supercell: SupercellOpt = None,
+    check_displacement: CheckDisplacementOpt = None,
     tdph_settings: TDPHSettingsOpt = None,
     device: DeviceOpt = None,
 ) -> None:
@@ -402,7 +427,7 @@ def campaign(
     try:
         mats, skipped, maker = _inputs_and_maker(inputs, model, temperature, estimator, self_consistent,
                                                  n_configurations, policy, seed, relax, supercell, campaign, device,
-                                                 tdph_settings)
+                                                 tdph_settings, check_displacement)
         with _Progress() as prog:
             rep = cmp.run_local(mats, maker, cmp.local_store(local),
                                 progress=lambda lab, k, n: prog("materials", k, n))
@@ -466,6 +491,9 @@ def query(
     model: Annotated[str | None, typer.Option(help="model name or sha256")] = None,
     exclude_imaginary_fixed_points: Annotated[bool, typer.Option(
         help="drop self-consistent results that converged with imaginary modes (not SCHA solutions)")] = False,
+    exclude_step_sensitive: Annotated[bool, typer.Option(
+        help="drop results whose harmonic step check (--check-displacement) found step-dependent force "
+             "constants")] = False,
     fmt: FormatOpt = "table",
     store: StoreOpt = None,
     local: LocalOpt = None,
@@ -483,7 +511,8 @@ def query(
         return
     docs = cmp.query(st, campaign=campaign, r_onsite_min=r_onsite_min, r_full_min=r_full_min, elements=elements,
                      spacegroup=spacegroup, temperature=temperature, model=model,
-                     exclude_imaginary_fixed_points=exclude_imaginary_fixed_points)
+                     exclude_imaginary_fixed_points=exclude_imaginary_fixed_points,
+                     exclude_step_sensitive=exclude_step_sensitive)
     table = cmp.rows(docs, temperature)
     if fmt == "json":
         print(json.dumps(docs, indent=1, default=str))

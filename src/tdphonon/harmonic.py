@@ -83,6 +83,15 @@ class HarmonicSettings:
         Modes below this frequency (THz, imaginary included) are flagged as soft.
     projected_dos
         Compute the atom-projected DOS.
+    check_displacement
+        A second finite-displacement step (Å) for the step-sensitivity check
+        (:func:`check_step_sensitivity`: one more force set; ``None``, the default: no check).
+    check_tol_thz
+        The check flags the force constants as step-sensitive when a commensurate frequency
+        changes by more than this (THz) between the two steps.
+
+    The two check options enter :meth:`to_dict` (and so :meth:`digest` and the campaign keys) only
+    when the check is on: settings without it keep the digests of the versions before it.
     """
 
     relax: bool = True
@@ -103,9 +112,26 @@ class HarmonicSettings:
     imaginary_tol: float = 0.05
     soft_threshold: float = 0.5
     projected_dos: bool = True
+    check_displacement: float | None = None
+    check_tol_thz: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.displacement) and self.displacement > 0):
+            raise ValueError(f"displacement must be a positive step in Å, got {self.displacement!r}")
+        if self.check_displacement is not None:
+            c = self.check_displacement
+            if not (np.isfinite(c) and c > 0):
+                raise ValueError(f"check_displacement must be a positive step in Å, got {c!r}")
+            if abs(c - self.displacement) < 1e-9:
+                raise ValueError(f"check_displacement ({c} Å) must differ from displacement ({self.displacement} Å)")
+        if not (np.isfinite(self.check_tol_thz) and self.check_tol_thz > 0):
+            raise ValueError(f"check_tol_thz must be positive, got {self.check_tol_thz!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if self.check_displacement is None:  # off: the settings (and digests) of earlier versions
+            d.pop("check_displacement")
+            d.pop("check_tol_thz")
         if self.supercell_matrix is not None:
             d["supercell_matrix"] = np.asarray(self.supercell_matrix).tolist()
         if isinstance(self.mesh, tuple):
@@ -401,6 +427,131 @@ def detect_imaginary_modes(
 
 
 @dataclass
+class StepCheck:
+    """Force constants recomputed with a second finite-displacement step, compared with the first.
+
+    Frequencies (THz) on the supercell's commensurate q-points, bands sorted at each q.
+
+    Attributes
+    ----------
+    displacement, check_displacement
+        The two steps (Å): the one of the result, and the check's.
+    max_change_thz
+        Largest |ν(check) − ν(displacement)| over all modes; ``qpoint_of_max_change`` is where.
+    relative_change
+        ‖ν(check) − ν(displacement)‖ / ‖ν(displacement)‖ over all commensurate modes.
+    min_frequency_thz, n_imaginary_commensurate
+        Lowest non-acoustic frequency and number of imaginary modes, at each step
+        (``{"displacement": …, "check": …}``).
+    step_sensitive
+        ``max_change_thz > tol_thz``.
+    imaginary_step_dependent
+        Imaginary modes at one of the two steps only.
+    message
+        What was found, for logs and documents (``None`` when the force constants are step-independent).
+    """
+
+    displacement: float
+    check_displacement: float
+    max_change_thz: float
+    qpoint_of_max_change: list
+    relative_change: float
+    min_frequency_thz: dict
+    n_imaginary_commensurate: dict
+    tol_thz: float
+    step_sensitive: bool
+    imaginary_step_dependent: bool
+    message: str | None
+    force_calls: int
+    seconds: float
+    frequencies: np.ndarray = field(repr=False)  # (nq, nbands) with the check step
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("frequencies")
+        return d
+
+
+def check_step_sensitivity(
+    phonon: Phonopy,
+    potential: Potential,
+    displacement: float,
+    check_displacement: float,
+    *,
+    tol_thz: float = 0.1,
+    imaginary_tol: float = 0.05,
+    label: str | None = None,
+    progress: Progress | None = None,
+) -> StepCheck:
+    """Recompute the force constants of ``phonon`` with a second step and compare the frequencies.
+
+    For a potential that is harmonic over the two steps the force constants, and so the frequencies,
+    do not depend on the step. A difference means that the energy surface is not quadratic on the
+    scale of the steps: a shallow double well (a real instability), strong anharmonicity, or a model
+    whose energy surface is rough on the scale of the smaller step (some MLIPs; see docs/methods.md,
+    harmonic step 4). Imaginary modes at one step only are the case to look at before trusting the
+    material's stability verdict or its temperature-dependent phonons.
+
+    Parameters
+    ----------
+    phonon
+        phonopy object with the force constants computed with ``displacement`` (left unchanged).
+    potential
+        The potential that gave them.
+    displacement, check_displacement
+        The step of ``phonon``'s force constants and the step of the check (Å).
+    tol_thz
+        Threshold of ``step_sensitive`` on the largest frequency change.
+    imaginary_tol
+        Frequencies below ``-imaginary_tol`` (THz) count as imaginary (acoustic Γ modes excluded).
+    label
+        Material name for messages.
+    progress
+        Optional progress callback.
+    """
+    label = label or "structure"
+    t0 = time.perf_counter()
+    calls0 = potential.force_calls
+    pmat = phonon.primitive_matrix
+    other = Phonopy(phonon.unitcell, supercell_matrix=np.asarray(phonon.supercell_matrix),
+                    primitive_matrix=None if pmat is None else np.asarray(pmat))
+    compute_force_constants(other, potential, displacement=check_displacement,
+                            label=f"{label} (step check {check_displacement:g} Å)", progress=progress)
+    cq = commensurate_qpoints(phonon)
+    ref = frequencies_at(phonon, cq)
+    chk = frequencies_at(other, cq)
+    diff = np.abs(chk - ref)
+    iq = int(np.unravel_index(np.argmax(diff), diff.shape)[0])
+    max_change = float(diff.max())
+    imag = {name: detect_imaginary_modes(cq, f, tol=imaginary_tol) for name, f in (("displacement", ref),
+                                                                                     ("check", chk))}
+    n_imag = {k: v.n_imaginary_commensurate for k, v in imag.items()}
+    sensitive = max_change > tol_thz
+    imag_dependent = (n_imag["displacement"] > 0) != (n_imag["check"] > 0)
+    message = None
+    if imag_dependent:
+        message = (f"{label}: imaginary modes at one finite-displacement step only ({n_imag['displacement']} at "
+                   f"{displacement:g} Å, {n_imag['check']} at {check_displacement:g} Å; lowest "
+                   f"{imag['displacement'].min_frequency:.3f} / {imag['check'].min_frequency:.3f} THz): its harmonic "
+                   "stability depends on the step. Either the model's energy surface is rough at the smaller step "
+                   "(compare another model) or the modes sit in a shallow double well (a real instability)")
+    elif sensitive:
+        message = (f"{label}: commensurate frequencies change by up to {max_change:.3f} THz (at q = "
+                   f"{np.round(cq[iq], 4).tolist()}) between finite-displacement steps {displacement:g} and "
+                   f"{check_displacement:g} Å: the force constants depend on the step")
+    norm = float(np.linalg.norm(ref))
+    return StepCheck(
+        displacement=float(displacement), check_displacement=float(check_displacement), max_change_thz=max_change,
+        qpoint_of_max_change=np.asarray(cq[iq], dtype=float).tolist(),
+        relative_change=float(np.linalg.norm(chk - ref) / norm) if norm > 0 else 0.0,
+        min_frequency_thz={k: v.min_frequency for k, v in imag.items()}, n_imaginary_commensurate=n_imag,
+        tol_thz=float(tol_thz), step_sensitive=bool(sensitive), imaginary_step_dependent=bool(imag_dependent),
+        message=message, force_calls=potential.force_calls - calls0, seconds=time.perf_counter() - t0,
+        frequencies=chk,
+    )
+
+
+@dataclass
 class PhononProperties:
     """Everything derived from one set of force constants (0 K or an effective Φ(T))."""
 
@@ -488,6 +639,10 @@ class HarmonicResult:
         Finite-displacement statistics (displacements, force calls, seconds).
     timings
         Seconds per step.
+    provenance
+        Package versions, hardware, time.
+    step_check
+        :class:`StepCheck` when ``settings.check_displacement`` is set, else ``None``.
     """
 
     label: str
@@ -500,6 +655,7 @@ class HarmonicResult:
     fc_stats: dict
     timings: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    step_check: StepCheck | None = None
 
     @property
     def force_constants(self) -> np.ndarray:
@@ -516,6 +672,7 @@ class HarmonicResult:
     def summary(self) -> dict:
         """JSON-serialisable summary (no big arrays besides commensurate frequencies)."""
         sg = spacegroup(self.structure)
+        extra = {} if self.step_check is None else {"step_check": self.step_check.to_dict()}
         return {
             "label": self.label,
             "formula": self.structure.composition.reduced_formula,
@@ -534,6 +691,7 @@ class HarmonicResult:
             "provenance": self.provenance,
             "units": {"frequency": "THz", "free_energy": "kJ/mol (primitive cell)",
                       "entropy": "J/K/mol", "heat_capacity": "J/K/mol", "length": "Å", "energy": "eV"},
+            **extra,
         }
 
     def save(self, out_dir: str | Path, prefix: str = "") -> dict[str, Path]:
@@ -587,6 +745,10 @@ def harmonic_phonons(
     progress
         Optional progress callback ``(step, done, total)``.
 
+    With ``settings.check_displacement`` the force constants are computed a second time with that
+    step and compared (:func:`check_step_sensitivity`; ``result.step_check``, ``summary()["step_check"]``);
+    the result itself keeps the force constants of ``settings.displacement``.
+
     Raises
     ------
     StructureError, UnsupportedElementsError, RelaxationError, UnphysicalForcesError
@@ -629,6 +791,12 @@ def harmonic_phonons(
     t0 = time.perf_counter()
     props = phonon_properties(phonon, s)
     timings["properties"] = time.perf_counter() - t0
+    step_check = None
+    if s.check_displacement is not None:
+        step_check = check_step_sensitivity(phonon, potential, s.displacement, s.check_displacement,
+                                            tol_thz=s.check_tol_thz, imaginary_tol=s.imaginary_tol, label=label,
+                                            progress=progress)
+        timings["step_check"] = step_check.seconds
     timings["total"] = time.perf_counter() - t_start
     fc_stats["force_calls_total"] = potential.force_calls - calls0
     return HarmonicResult(
@@ -636,4 +804,5 @@ def harmonic_phonons(
         model=potential.identity.to_dict(), settings=s, relax=relax_report, fc_stats=fc_stats, timings=timings,
         provenance={"packages": package_versions(), "hardware": hardware_info(potential.device),
                     "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        step_check=step_check,
     )

@@ -87,7 +87,8 @@ class TDPhononDoc(BaseModel):
     settings_digest: str
     dedup_key: str
     harmonic: dict[str, Any] = Field(default_factory=dict,
-                                     description="0 K summary: imaginary modes, named frequencies, relaxation")
+                                     description="0 K summary: imaginary modes, named frequencies, relaxation, "
+                                                 "step_check (with HarmonicSettings.check_displacement)")
     temperatures: list[TemperatureDoc]
     r_full_max: float = Field(description="max over temperatures (for queries)")
     r_onsite_max: float = Field(description="max over temperatures and sites (for queries)")
