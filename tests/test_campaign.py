@@ -356,32 +356,40 @@ def test_validation_branch_goes_to_dft_workers_only(env, tmp_path):
     assert len(docs) == 1 and docs[0]["comparison"]["kappa_l"][0]["scph_3ph_wmk"] > 0
 
 
+def _results_store(env, campaign: str, docs):
+    """A job store in its own database (no campaign documents touched) holding minimal result documents
+    ``(label, output fields)`` of ``campaign``."""
+    from jobflow import JobStore
+    from maggma.stores import MongoStore
+
+    from tdphonon.campaign import METRICS_STEP
+
+    store = JobStore(MongoStore(uri=env["uri"], database=f"{DB}_{campaign}", collection_name="outputs"))
+    store.connect()
+    base = {"campaign": campaign, "formula": "X", "spacegroup_symbol": "Pm-3m", "spacegroup_number": 221,
+            "model": {"name": "m"}, "n_atoms_supercell": 40}
+    store.docs_store.update([{"uuid": label, "index": 1, "metadata": {"tdphonon_step": METRICS_STEP},
+                              "output": {"label": label, **base, **fields}} for label, fields in docs], key="uuid")
+    return store
+
+
 def test_query_can_exclude_imaginary_fixed_points(env, tmp_path):
     """``exclude_imaginary_fixed_points`` on a real MongoDB wire protocol (own database: no campaign docs touched):
     at the filtered temperature when per-temperature conditions are given, else at any temperature;
     one-shot (None) and pre-flag documents (no field) are kept."""
-    from jobflow import JobStore
-    from maggma.stores import MongoStore
-
-    from tdphonon.campaign import METRICS_STEP, query
-
-    store = JobStore(MongoStore(uri=env["uri"], database=f"{DB}_ifp", collection_name="outputs"))
-    store.connect()
+    from tdphonon.campaign import query
 
     def doc(label, temps):
-        return {"uuid": label, "index": 1, "metadata": {"tdphonon_step": METRICS_STEP},
-                "output": {"label": label, "campaign": "ifp", "formula": "X", "spacegroup_symbol": "Pm-3m",
-                           "spacegroup_number": 221, "model": {"name": "m"}, "n_atoms_supercell": 40,
-                           "temperatures": [{"r_full": 0.1, "frequency_shift": 0.1, **x} for x in temps]}}
+        return label, {"temperatures": [{"r_full": 0.1, "frequency_shift": 0.1, **x} for x in temps]}
 
     t = {"temperature": 300.0, "r_onsite_max": 0.2}
-    store.docs_store.update([
+    store = _results_store(env, "ifp", [
         doc("real", [{**t, "imaginary_fixed_point": False}]),
         doc("imag300", [{"temperature": 100.0, "r_onsite_max": 0.3, "imaginary_fixed_point": False},
                         {**t, "imaginary_fixed_point": True}]),
         doc("oneshot", [{**t, "imaginary_fixed_point": None}]),
         doc("old", [dict(t)]),
-    ], key="uuid")
+    ])
 
     def labels(**kw):
         return [d["label"] for d in query(store, campaign="ifp", **kw)]
@@ -408,25 +416,16 @@ def test_query_can_exclude_imaginary_fixed_points(env, tmp_path):
 def test_query_can_exclude_step_sensitive_results(env, tmp_path):
     """``exclude_step_sensitive`` (a real MongoDB wire protocol, own database) drops the results whose harmonic
     step check flagged step-dependent force constants and keeps unchecked ones; the CSV rows say which."""
-    from jobflow import JobStore
-    from maggma.stores import MongoStore
-
-    from tdphonon.campaign import METRICS_STEP, query, rows
-
-    store = JobStore(MongoStore(uri=env["uri"], database=f"{DB}_step", collection_name="outputs"))
-    store.connect()
+    from tdphonon.campaign import query, rows
 
     def doc(label, check):
-        return {"uuid": label, "index": 1, "metadata": {"tdphonon_step": METRICS_STEP},
-                "output": {"label": label, "campaign": "step", "formula": "X", "spacegroup_symbol": "Fm-3m",
-                           "spacegroup_number": 225, "model": {"name": "m"}, "n_atoms_supercell": 32,
-                           "harmonic": {"imaginary": None, **({"step_check": check} if check else {})},
-                           "temperatures": [{"temperature": 300.0, "r_full": 0.1, "r_onsite_max": 0.2,
-                                             "frequency_shift": 0.1}]}}
+        return label, {"harmonic": {"imaginary": None, **({"step_check": check} if check else {})},
+                       "temperatures": [{"temperature": 300.0, "r_full": 0.1, "r_onsite_max": 0.2,
+                                         "frequency_shift": 0.1}]}
 
-    store.docs_store.update([doc("rough", {"step_sensitive": True, "max_change_thz": 2.7}),
-                             doc("smooth", {"step_sensitive": False, "max_change_thz": 0.01}),
-                             doc("unchecked", None)], key="uuid")
+    store = _results_store(env, "step", [doc("rough", {"step_sensitive": True, "max_change_thz": 2.7}),
+                                         doc("smooth", {"step_sensitive": False, "max_change_thz": 0.01}),
+                                         doc("unchecked", None)])
     got = query(store, campaign="step")
     assert [d["label"] for d in got] == ["rough", "smooth", "unchecked"]
     assert [r["step_sensitive"] for r in rows(got)] == [True, False, None]
