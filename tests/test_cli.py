@@ -36,6 +36,7 @@ def test_run_on_dft_harmonic_potential_gives_no_shift(tmp_path):
                               "--estimator", "hessian", "--n-configurations", "4", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "depends on that policy" not in res.output  # a stable crystal: no mode set by the policy
+    assert "--check-displacement" not in res.output  # and no hint to check imaginary modes
     summary = json.loads((out / "summary.json").read_text())
     assert [t["temperature"] for t in summary["temperatures"]] == [300.0, 600.0]
     assert not any(t["mode_report"]["policy_dependent"] for t in summary["temperatures"])
@@ -99,6 +100,7 @@ def test_harmonic_cli_sevennet(tmp_path, srtio3_cif):
     assert res.exit_code == 0, res.output
     s = json.loads((out / "summary.json").read_text())
     assert s["phonons"]["imaginary"]["has_imaginary"]  # cubic SrTiO3 soft modes
+    assert "--check-displacement" in res.output  # the hint to check them against a second step
     assert (out / "dispersion_dos.png").exists()
     phonopy.load(str(out / "phonopy.yaml"), log_level=0)
 

@@ -132,13 +132,16 @@ def harmonic(
     console.print(f"[green]done[/] {res.label}: supercell {len(res.phonon.supercell)} atoms, "
                   f"max frequency {res.properties.commensurate_frequencies.max():.3f} THz, "
                   f"imaginary modes: {f'yes (min {im.min_frequency:.3f} THz)' if im.has_imaginary else 'none'}")
-    _print_step_check(res.step_check.to_dict() if res.step_check else None)
+    _print_step_check(res.step_check.to_dict() if res.step_check else None, im.has_imaginary)
     for k, v in {**files, "plot": png}.items():
         console.print(f"  {k}: {v}")
 
 
-def _print_step_check(check: dict | None) -> None:
+def _print_step_check(check: dict | None, has_imaginary: bool = False) -> None:
     if not check:
+        if has_imaginary:
+            console.print("  [yellow]note[/]: harmonic imaginary modes; --check-displacement 0.03 tells whether they "
+                          "depend on the finite-displacement step (a model artefact or a shallow double well)")
         return
     if check.get("message"):
         console.print(f"  [yellow]warning[/]: {check['message']}")
@@ -242,7 +245,8 @@ def run(
         _fail(exc)
     console.print(f"[green]done[/] {doc['label']} ({doc['model']['name']}, {ts.estimator}, "
                   f"{'self-consistent' if ts.self_consistent else 'one-shot'})")
-    _print_step_check(doc.get("harmonic", {}).get("step_check"))
+    harm = doc.get("harmonic") or {}
+    _print_step_check(harm.get("step_check"), bool((harm.get("imaginary") or {}).get("has_imaginary")))
     for t in doc["temperatures"]:
         console.print(f"  T = {t['temperature']:g} K: R_full {_num(t['r_full'])}, max R_onsite "
                       f"{_num(t['r_onsite_max'])}, frequency shift {_num(t['frequency_shift'])}, "
