@@ -16,8 +16,9 @@ The shipped model (2026-12-07; 84 min on 2 CPU cores; its card's ``recipe.argv``
 
 It was trained before training ran deterministically. Today the command gives a model of its accuracy
 (2026-12-08, sha256 ``ad2cc8ec…``, 79 min of training; deterministic on the same hardware and thread
-count: two 12-epoch benchmark runs matched to the bit, this one was run once), not its bits; that model does not pass the replace gate of ``benchmarks/shipped_candidate.py`` by margins
-below the run-to-run noise (docs/finetune.md, "The shipped recipe retrained under deterministic training").
+count: two 12-epoch benchmark runs matched to the bit, this one was run once), not its bits; that
+model does not pass the replace gate of ``benchmarks/shipped_candidate.py``, by margins below the
+run-to-run noise (docs/finetune.md, "The shipped recipe retrained under deterministic training").
 
 The defaults below are the earlier random-displacement recipe (the model shipped until 2026-12-06);
 docs/finetune.md ("The shipped model") has how each option was chosen and the candidates' verdicts.
