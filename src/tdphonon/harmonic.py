@@ -260,6 +260,12 @@ def make_phonopy(structure: Structure, supercell_matrix: np.ndarray, primitive_m
                    primitive_matrix=primitive_matrix)
 
 
+def fresh_phonopy(phonon: Phonopy) -> Phonopy:
+    """A new phonopy object with the cells, symmetry settings and atom order of ``phonon`` and none of its
+    force data (phonopy's ``replicate``; ``copy`` on phonopy versions without it)."""
+    return phonon.replicate(log_level=0) if hasattr(phonon, "replicate") else phonon.copy()
+
+
 def supercell_atoms(phonon: Phonopy):
     """The (undisplaced) phonopy supercell as ase Atoms."""
     return phonopy_atoms_to_ase(phonon.supercell)
@@ -512,9 +518,7 @@ def check_step_sensitivity(
     label = label or "structure"
     t0 = time.perf_counter()
     calls0 = potential.force_calls
-    pmat = phonon.primitive_matrix
-    other = Phonopy(phonon.unitcell, supercell_matrix=np.asarray(phonon.supercell_matrix),
-                    primitive_matrix=None if pmat is None else np.asarray(pmat))
+    other = fresh_phonopy(phonon)
     compute_force_constants(other, potential, displacement=check_displacement,
                             label=f"{label} (step check {check_displacement:g} Å)", progress=progress)
     cq = commensurate_qpoints(phonon)

@@ -87,6 +87,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 from tdphonon.errors import RelaxationError, SamplingError, TDPhononError, UnphysicalForcesError
+from tdphonon.harmonic import fresh_phonopy
 from tdphonon.metrics import (
     DEFAULT_REL_THRESHOLD,
     anharmonicity_score,
@@ -488,7 +489,7 @@ def phonopy_with_force_constants(phonon, force_constants: np.ndarray):
     The input object is not modified; the supercell atom order is the same, so phonopy-format
     Φ(T) from :func:`renormalize` can be used for bands, DOS, thermal properties or yaml output.
     """
-    ph = phonon.replicate(log_level=0) if hasattr(phonon, "replicate") else phonon.copy()
+    ph = fresh_phonopy(phonon)
     fc = np.asarray(force_constants, dtype=float)
     n = len(ph.supercell)
     if fc.shape != (n, n, 3, 3):
