@@ -444,6 +444,13 @@ def test_mesh_covariance_equals_supercell_covariance_on_the_commensurate_mesh():
         want = thermal_covariance(normal_modes(ph.supercell, fc, ph.primitive), t).matrix
         got = mesh_covariance(ph, fc, t, (2, 2, 3))
         np.testing.assert_allclose(got, want, atol=1e-10 * np.abs(want).max())
+    # a Φ that breaks the acoustic sum rule (uniform on-site shift; unequal masses, so the uniform
+    # translations are no eigenvectors at Γ): both routes remove exactly the translations
+    broken = fc + 0.3 * np.eye(3)[None, None] * np.eye(len(fc))[:, :, None, None]
+    want = thermal_covariance(normal_modes(ph.supercell, broken, ph.primitive), 600.0).matrix
+    np.testing.assert_allclose(mesh_covariance(ph, broken, 600.0, (2, 2, 3)), want,
+                               atol=1e-10 * np.abs(want).max())
+    want = thermal_covariance(normal_modes(ph.supercell, fc, ph.primitive), 600.0).matrix
     # a denser mesh changes Σ (the q integral converges), still a covariance (symmetric, PSD)
     dense = mesh_covariance(ph, fc, 600.0, (6, 6, 6))
     assert np.abs(dense - want).max() > 1e-6

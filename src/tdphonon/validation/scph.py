@@ -36,6 +36,8 @@ import scipy.sparse as sp
 from tdphonon.sampling import (
     FCProjector,
     ModeAmplitudePolicy,
+    _eigh_without_translations,
+    _signed_thz,
     commensurate_frequencies,
     fc_mass_weight,
     fc_to_matrix,
@@ -58,9 +60,11 @@ def mesh_covariance(phonon, force_constants: np.ndarray, temperature: float, mes
 
     with x_a − x_b the minimum-image vector in the supercell (phonopy's eigenvector convention
     carries the atomic-position phase) and σ² the Bose–Einstein mode amplitudes under ``policy``
-    (the three translations at Γ get none). On the supercell's commensurate mesh this is exactly
-    :func:`tdphonon.sampling.thermal_covariance`; a denser mesh converges the SCPH loop integral in q
-    (pairs within the quartic cutoff, < half the supercell width, are unambiguous).
+    (the three uniform translations at Γ get none: projected out exactly, as in
+    :func:`tdphonon.sampling.normal_modes`, also for a Φ that breaks the acoustic sum rule). On the
+    supercell's commensurate mesh this is exactly :func:`tdphonon.sampling.thermal_covariance` for
+    any Φ; a denser mesh converges the SCPH loop integral in q (pairs within the quartic cutoff,
+    < half the supercell width, are unambiguous).
 
     One-off form of :class:`MeshCovariance`; build that once to evaluate many Φ on one mesh.
     """
@@ -97,6 +101,7 @@ class MeshCovariance:
         diff -= np.round(diff)
         self._d_prim = (diff @ lat) @ np.linalg.inv(np.asarray(prim.cell))  # (N, N, 3) primitive fractional
         self._idx = (3 * p_of[:, None] + np.arange(3)[None, :]).ravel()  # (3N,) rows of C per supercell dof
+        self._prim_masses = np.asarray(prim.masses, dtype=float)
         m = np.repeat(np.asarray(sc.masses), 3)
         self._sqrt_mm = np.sqrt(np.outer(m, m))
 
@@ -116,7 +121,12 @@ class MeshCovariance:
         nq, nb = freqs.shape
         included = np.ones((nq, nb), dtype=bool)
         for iq in np.flatnonzero(np.all(np.abs(qpts) < 1e-12, axis=1)):
-            included[iq, np.argsort(np.abs(freqs[iq]))[:3]] = False  # uniform translations
+            # Γ: the uniform translations removed exactly, as in the supercell route
+            # (normal_modes); for a Φ that breaks the acoustic sum rule they are not eigenvectors
+            ph.dynamical_matrix.run(qpts[iq])
+            dm = np.asarray(ph.dynamical_matrix.dynamical_matrix).real
+            vals, vecs, mask = _eigh_without_translations(0.5 * (dm + dm.T), self._prim_masses)
+            freqs[iq], evecs[iq], included[iq] = _signed_thz(vals) * ~mask, vecs, ~mask
         sigma2, _ = policy_sigma2(freqs.ravel(), included.ravel(), temperature, quantum, policy)
         sigma2 = sigma2.reshape(nq, nb)
         cq = np.einsum("qim,qm,qjm->qij", evecs, sigma2, evecs.conj())  # (nq, 3n_p, 3n_p)
