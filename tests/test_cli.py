@@ -74,6 +74,57 @@ def test_run_on_dft_harmonic_potential_gives_no_shift(tmp_path):
 
 
 @requires_reference
+def test_run_outliers_stop_with_a_hint_or_are_dropped_and_reported(tmp_path, monkeypatch):
+    """Configurations above the model's force limit: ``run`` stops naming the material, the configuration
+    and what to try; with ``--drop-outliers`` it drops them (and their ± partners), says so, and records
+    them in the result. A YAML ``--tdph-settings`` file (ruamel number types) is stored as plain JSON."""
+    import shutil
+
+    import tdphonon.analytic as analytic
+    from tdphonon.campaign import local_store, query, rows
+
+    params0, poscar = _nacl_poscar(tmp_path)
+    params = tmp_path / "capped.yaml.xz"  # a model spec of its own: not the potential cached by other tests
+    shutil.copy(params0, params)
+    init = analytic.ForceConstantPotential.__init__
+
+    def capped(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.max_force = 0.8  # eV/Å: of the 8 configurations at 300 K (max|F| 0.73-0.82) the pair #0/#1 exceeds it
+
+    monkeypatch.setattr(analytic.ForceConstantPotential, "__init__", capped)
+    args = ["run", str(poscar), "-T", "300", "--model", f"harmonic:{params}", "--no-relax", "--supercell", "2 2 2",
+            "--n-configurations", "8"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "stop")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert "UnphysicalForcesError" in text and "exceeds the limit of 0.8 eV/Å" in text and "it0 #0" in text
+    assert "hint" in text and "--drop-outliers" in text and "floor_thz" in text and "--supercell" in text
+    settings = tmp_path / "ts.yaml"
+    settings.write_text("policy: {kind: abs, threshold_thz: 0.25}\ntol_thz: 0.07\n")
+    out = tmp_path / "drop"
+    res = runner.invoke(app, [*args, "--drop-outliers", "--tdph-settings", str(settings), "--out", str(out)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "2 configuration(s) dropped as outliers at 300 K" in text and "exceeds the limit" in text
+    summary = json.loads((out / "summary.json").read_text())
+    ts = summary["tdph_settings"]
+    assert ts["drop_outliers"] is True and ts["policy"]["threshold_thz"] == 0.25 and ts["tol_thz"] == 0.07
+    assert [o["configuration"] for o in summary["temperatures"][0]["outliers"]] == [0, 1]
+    assert [r["n_outliers"] for r in rows(query(local_store(out / "store")))] == [2]
+    # a campaign lists the failure and names the settings-file field instead of the option
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(poscar, inputs / "NaCl.vasp")
+    res = runner.invoke(app, ["campaign", str(inputs), "--local", str(tmp_path / "camp"),
+                              "--model", f"harmonic:{params}", "--no-relax", "--supercell", "2 2 2",
+                              "--n-configurations", "8"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "1 failed" in text and "exceeds the limit" in text, res.output
+    assert "'drop_outliers: true' in a --tdph-settings file" in text and "--drop-outliers" not in text
+
+
+@requires_reference
 def test_run_quartic_fit_estimator_from_the_cli(tmp_path):
     """--estimator quartic_fit end to end (harmonic potential: the fitted Φ₄ vanishes, Φ(T) = Φ⁰)."""
     params, poscar = _nacl_poscar(tmp_path)

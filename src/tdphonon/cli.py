@@ -71,9 +71,30 @@ class _Progress:
         self.bar.update(self.tasks[step], completed=done, total=total)
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception, hint: str | None = None) -> None:
     console.print(f"[bold red]error:[/] {exc}")
+    if hint:
+        console.print(hint)
     raise typer.Exit(code=2)
+
+
+def _remedies(reasons: list[str], command: str) -> str | None:
+    """What to try when sampled configurations left the model's trusted region (or ``None``).
+
+    ``reasons``: failure messages; the hint is given once if any names an ``UnphysicalForcesError``
+    (a force above the model's limit, non-finite values or outlier configurations). ``command``:
+    ``"run"`` names its ``--drop-outliers`` option, the campaign commands the settings-file field.
+    """
+    if not any("UnphysicalForcesError" in r or "outlier configuration" in r for r in reasons):
+        return None
+    drop = ("--drop-outliers" if command == "run" else
+            "'drop_outliers: true' in a --tdph-settings file of campaign/submit")
+    return ("  [yellow]hint[/]: sampled configurations reached forces or energies the model does not trust, "
+            "usually through the large thermal amplitudes of soft, near-zero or imaginary (|ν|-sampled) "
+            "harmonic modes. Options: a smaller --supercell; a floor for such modes through --tdph-settings, "
+            "e.g. 'policy: {kind: floor, floor_thz: 2}'; "
+            f"{drop}, which drops and records them (Φ(T) then rests on the other configurations). "
+            "See docs/methods.md on imaginary and near-zero modes")
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model spec: matgl dir, matgl:<name>, chgnet, "
@@ -89,6 +110,12 @@ DeviceOpt = Annotated[str | None, typer.Option(help="cpu / cuda (default: auto)"
 CheckDisplacementOpt = Annotated[float | None, typer.Option(
     help="second finite displacement (Å, e.g. 0.03): recompute Φ⁰ with it and flag step-dependent force "
          "constants (one more force set; see docs/methods.md)")]
+DropOutliersOpt = Annotated[bool, typer.Option(
+    help="drop configurations with non-finite, over-limit or outlying forces/energies (and their ± partners) "
+         "and record them, instead of stopping")]
+TDPHSettingsOpt = Annotated[Path | None, typer.Option(
+    "--tdph-settings", help="JSON or YAML file of TDPHSettings fields (e.g. reuse_samples, noise_tol, tol_thz, "
+                            "policy), applied over the options above")]
 
 
 @app.command()
@@ -203,6 +230,8 @@ def run(
     max_atoms: MaxAtomsOpt = 260,
     displacement: Annotated[float, typer.Option(help="finite displacement for Φ⁰ (Å)")] = 0.01,
     check_displacement: CheckDisplacementOpt = None,
+    drop_outliers: DropOutliersOpt = False,
+    tdph_settings: TDPHSettingsOpt = None,
     device: DeviceOpt = None,
 ) -> None:
     """Harmonic + temperature-dependent force constants: phonopy yaml for Φ⁰ and each Φ(T), summary.json,
@@ -223,7 +252,8 @@ def run(
                             sampling=sampling, quantum=not classical, policy=policy, mixing=mixing,
                             adaptive_mixing=adaptive_mixing, max_iterations=max_iterations, tol_thz=tol,
                             noise_tol=noise_tol, target_error_thz=target_error, seed=seed,
-                            n_seeds_for_error=n_seeds, reuse_samples=reuse_samples)
+                            n_seeds_for_error=n_seeds, reuse_samples=reuse_samples, drop_outliers=drop_outliers)
+        ts = _settings_file(tdph_settings, ts)
         spec = resolve_model_spec(model)
         label = Path(structure).stem
         struct = load_structure(structure, label)
@@ -242,7 +272,7 @@ def run(
         doc = next(d for d in cmp.query(store, load_arrays=True) if d["dedup_key"] == key)
         files = cmp.write_outputs(doc, out, plot=True)
     except (TDPhononError, ValueError) as exc:
-        _fail(exc)
+        _fail(exc, _remedies([str(exc)], "run"))
     console.print(f"[green]done[/] {doc['label']} ({doc['model']['name']}, {ts.estimator}, "
                   f"{'self-consistent' if ts.self_consistent else 'one-shot'})")
     harm = doc.get("harmonic") or {}
@@ -251,6 +281,11 @@ def run(
         console.print(f"  T = {t['temperature']:g} K: R_full {_num(t['r_full'])}, max R_onsite "
                       f"{_num(t['r_onsite_max'])}, frequency shift {_num(t['frequency_shift'])}, "
                       f"force calls {t['force_calls']}, Hessians {t['hessian_calls']}")
+        if drops := t.get("outliers"):
+            console.print(f"  [yellow]note[/]: {len(drops)} configuration(s) dropped as outliers at "
+                          f"{t['temperature']:g} K (e.g. {drops[0].get('label')}: {drops[0].get('reason')}); "
+                          "Φ(T) rests on the others, which no longer sample the Gaussian of Σ(T) in full "
+                          "(list: summary.json 'outliers')")
         mr = t.get("mode_report") or {}
         if t.get("imaginary_fixed_point"):
             console.print(f"  [red]warning[/]: converged to a Φ(T) with imaginary modes (lowest "
@@ -298,11 +333,6 @@ LocalOpt = Annotated[Path | None, typer.Option("--local", help="folder of a loca
 FormatOpt = Annotated[str, typer.Option("--format", "-f", help="table | csv | json")]
 
 
-TDPHSettingsOpt = Annotated[Path | None, typer.Option(
-    "--tdph-settings", help="JSON or YAML file of TDPHSettings fields (e.g. reuse_samples, noise_tol, tol_thz, "
-                            "policy), applied over the options above")]
-
-
 def _settings_file(path: Path | None, ts):
     """``ts`` with the fields of a JSON/YAML settings file applied; unknown fields or bad values raise ValueError."""
     import dataclasses
@@ -317,6 +347,10 @@ def _settings_file(path: Path | None, ts):
         raise ValueError(f"--tdph-settings {path}: cannot read it ({exc})") from exc
     if not isinstance(fields, dict):
         raise ValueError(f"--tdph-settings {path}: expected a mapping of TDPHSettings fields")
+    try:  # plain Python types: YAML gives ruamel's float/int/map subclasses, which the stores cannot serialise
+        fields = json.loads(json.dumps(fields))
+    except TypeError as exc:  # e.g. a YAML date: no TDPHSettings field takes one
+        raise ValueError(f"--tdph-settings {path}: {exc}") from exc
     unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ts)})
     if unknown:
         raise ValueError(f"--tdph-settings {path}: unknown TDPHSettings field(s) {unknown}")
@@ -365,6 +399,8 @@ def _print_submit(rep) -> None:
         console.print(f"[yellow]duplicate[/] {d['label']}: {d['reason']}")
     for d in rep.failed:
         console.print(f"[red]failed[/] {d['label']}: {d['reason']}")
+    if hint := _remedies([str(d["reason"]) for d in rep.failed], "campaign"):
+        console.print(hint)
     console.print(f"{len(rep.submitted)} done/submitted, {len(rep.duplicates)} duplicates, "
                   f"{len(rep.failed)} failed, {len(rep.skipped)} unreadable inputs")
 
@@ -480,8 +516,11 @@ def status(
                 time.sleep(watch)
         _show()
     if failed:
-        for f in cmp.failures(lp, campaign):
+        fails = cmp.failures(lp, campaign)
+        for f in fails:
             console.print(f"  fw {f['fw_id']} {f['name']}: {f['reason']}")
+        if hint := _remedies([str(f["reason"]) for f in fails], "campaign"):
+            console.print(hint)
 
 
 @app.command()
