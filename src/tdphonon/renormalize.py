@@ -686,14 +686,30 @@ def _pooled_estimate(ctx: _Context, pool: list[_Ensemble], n_blocks: int) -> _Es
 
 def _evaluate_forces(ctx: _Context, cells: list,
                      labels: list[str]) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Energies and forces; model-level failures raise (naming the material) or are recorded."""
+    """Energies and forces; model-level failures raise (naming the material) or are recorded.
+
+    With ``drop_outliers`` the batch is evaluated once and each configuration validated on its own
+    (NaN rows for the bad ones); only a batch that the model itself refuses is evaluated again one
+    configuration at a time.
+    """
+    from tdphonon.potentials import validate_forces
+
     pot = ctx.potential
     try:
-        e, f = pot.energies_and_forces(cells, labels=labels)
-        return np.asarray(e, dtype=float), np.stack(f), []
+        e, f = pot.energies_and_forces(cells, labels=labels, validate=not ctx.settings.drop_outliers)
     except UnphysicalForcesError as exc:
         if not ctx.settings.drop_outliers:
             raise UnphysicalForcesError(ctx.label, f"{exc.reason} (configuration '{exc.label}')") from exc
+    else:
+        energies, forces = np.asarray(e, dtype=float), np.stack(f)
+        bad = []
+        for k, lab in enumerate(labels):
+            try:
+                validate_forces(forces[k], energies[k], lab, pot.max_force)
+            except UnphysicalForcesError as exc:
+                bad.append({"configuration": k, "reason": exc.reason})
+                energies[k], forces[k] = np.nan, np.nan
+        return energies, forces, bad
     energies = np.full(len(cells), np.nan)
     forces = np.full((len(cells), ctx.natom, 3), np.nan)
     bad: list[dict] = []
