@@ -26,6 +26,8 @@ def dataset(tmp_path_factory):
     res = runner.invoke(app, ["finetune", "dataset", *paths, "--out", str(out), "--n-random", "4",
                               "--held-out", "phonopy_params_Zr3N4", "--val-fraction", "0.0"])
     assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "train 8 structures (2 compound(s))" in text and "test 4 structures (1 compound(s))" in text
     return out
 
 

@@ -770,7 +770,9 @@ def finetune_dataset(
         _fail(exc)
     for sk in man.get("skipped", []) + man.get("replay", {}).get("skipped", []):
         console.print(f"[yellow]skipped[/] {sk.get('label')}: {sk.get('reason')}")
-    console.print(f"data set written to {out}: {json.dumps(man.get('counts', {}))}")
+    counts = ", ".join(f"{k} {v['n_structures']} structures ({len(v['compounds'])} compound(s))"
+                       for k, v in man.get("splits", {}).items())
+    console.print(f"data set written to {out}: {counts}")
 
 
 @finetune_app.command("train")
