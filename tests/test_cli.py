@@ -126,6 +126,32 @@ def test_run_outliers_stop_with_a_hint_or_are_dropped_and_reported(tmp_path, mon
 
 
 @requires_reference
+def test_run_displacement_cap_hint_and_clipping_reported(tmp_path):
+    """A displacement above the per-atom cap stops ``run`` with the options (cap_mode clip among them);
+    with ``cap_mode: clip`` the shortened displacements are counted in the result, the table and the output."""
+    from tdphonon.campaign import local_store, query, rows
+
+    params, poscar = _nacl_poscar(tmp_path)
+    args = ["run", str(poscar), "-T", "300", "--model", f"harmonic:{params}", "--no-relax", "--supercell", "2 2 2",
+            "--n-configurations", "4"]
+    strict = tmp_path / "cap.yaml"
+    strict.write_text("max_displacement: 0.15\n")
+    res = runner.invoke(app, [*args, "--tdph-settings", str(strict), "--out", str(tmp_path / "stop")])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "SamplingError" in text and "> cap 0.150 Å" in text, res.output
+    assert "hint" in text and "'cap_mode: clip'" in text and "--drop-outliers" not in text
+    clip = tmp_path / "clip.yaml"
+    clip.write_text("max_displacement: 0.15\ncap_mode: clip\n")
+    out = tmp_path / "clip"
+    res = runner.invoke(app, [*args, "--tdph-settings", str(clip), "--out", str(out)])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    n = json.loads((out / "summary.json").read_text())["temperatures"][0]["n_clipped_atoms"]
+    assert n > 0 and f"{n} atom displacement(s) shortened to the cap at 300 K" in text
+    assert [r["n_clipped_atoms"] for r in rows(query(local_store(out / "store")))] == [n]
+
+
+@requires_reference
 def test_run_quartic_fit_estimator_from_the_cli(tmp_path):
     """--estimator quartic_fit end to end (harmonic potential: the fitted Φ₄ vanishes, Φ(T) = Φ⁰)."""
     params, poscar = _nacl_poscar(tmp_path)

@@ -82,19 +82,29 @@ def _remedies(reasons: list[str], command: str) -> str | None:
     """What to try when sampled configurations left the model's trusted region (or ``None``).
 
     ``reasons``: failure messages; the hint is given once if any names an ``UnphysicalForcesError``
-    (a force above the model's limit, non-finite values or outlier configurations). ``command``:
-    ``"run"`` names its ``--drop-outliers`` option, the campaign commands the settings-file field.
+    (a force above the model's limit, non-finite values or outlier configurations) or a
+    ``SamplingError`` of the displacement cap or the minimum distance. ``command``: ``"run"`` names its
+    ``--drop-outliers`` option, the campaign commands the settings-file field.
     """
-    if not any("UnphysicalForcesError" in r or "outlier configuration" in r for r in reasons):
+    forces = any("UnphysicalForcesError" in r or "outlier configuration" in r for r in reasons)
+    sampling = any("SamplingError" in r and ("> cap" in r or "minimum distance" in r) for r in reasons)
+    if not (forces or sampling):
         return None
-    drop = ("--drop-outliers" if command == "run" else
-            "'drop_outliers: true' in a --tdph-settings file of campaign/submit")
-    return ("  [yellow]hint[/]: sampled configurations reached forces or energies the model does not trust, "
-            "usually through the large thermal amplitudes of soft, near-zero or imaginary (|ν|-sampled) "
-            "harmonic modes. Options: a smaller --supercell; a floor for such modes through --tdph-settings, "
-            "e.g. 'policy: {kind: floor, floor_thz: 2}'; "
-            f"{drop}, which drops and records them (Φ(T) then rests on the other configurations). "
-            "See docs/methods.md on imaginary and near-zero modes")
+    what = ("sampled configurations reached forces or energies the model does not trust" if forces else
+            "sampled displacements exceeded the per-atom cap or brought atoms too close")
+    options = ["a smaller --supercell",
+               "a floor for such modes through --tdph-settings, e.g. 'policy: {kind: floor, floor_thz: 2}'"]
+    if forces:
+        options.append(("--drop-outliers" if command == "run" else
+                        "'drop_outliers: true' in a --tdph-settings file of campaign/submit")
+                       + ", which drops and records them (Φ(T) then rests on the other configurations)")
+    if sampling:
+        options.append("'cap_mode: clip' in --tdph-settings, which shortens such displacements to the cap "
+                       "(recorded; the sample is then no longer Gaussian)")
+    return (f"  [yellow]hint[/]: {what}, usually through the large thermal amplitudes of soft, near-zero or "
+            f"imaginary (|ν|-sampled) harmonic modes. Options: {'; '.join(options)}. Many imaginary modes mean a "
+            "structure that is unstable in this model (a saddle point): its Φ(T) from one harmonic start is "
+            "then a property of the policy. See docs/methods.md on imaginary and near-zero modes")
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="model spec: matgl dir, matgl:<name>, chgnet, "
@@ -286,6 +296,9 @@ def run(
                           f"{t['temperature']:g} K (e.g. {drops[0].get('label')}: {drops[0].get('reason')}); "
                           "Φ(T) rests on the others, which no longer sample the Gaussian of Σ(T) in full "
                           "(list: summary.json 'outliers')")
+        if t.get("n_clipped_atoms"):
+            console.print(f"  [yellow]note[/]: {t['n_clipped_atoms']} atom displacement(s) shortened to the cap at "
+                          f"{t['temperature']:g} K (cap_mode clip): the sample is no longer the Gaussian of Σ(T)")
         mr = t.get("mode_report") or {}
         if t.get("imaginary_fixed_point"):
             console.print(f"  [red]warning[/]: converged to a Φ(T) with imaginary modes (lowest "

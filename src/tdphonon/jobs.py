@@ -256,6 +256,7 @@ def metrics_job(harmonic: Mapping[str, Any], force_constants: Mapping[str, Any],
             thermal={"free_energy": float(tp.free_energy[0]), "entropy": float(tp.entropy[0]),
                      "heat_capacity": float(tp.heat_capacity[0]), "n_imaginary_mesh": tp.n_imaginary},
             mode_report=d.get("mode_report", {}), outliers=d.get("outliers", []),
+            n_clipped_atoms=sum(int(h.get("n_clipped_atoms", 0)) for h in d.get("history", [])),
             timings={k: float(v) for k, v in d.get("timings", {}).items()},
         ))
     sg_symbol, sg_number = spacegroup(structure)

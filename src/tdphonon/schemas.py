@@ -58,6 +58,8 @@ class TemperatureDoc(BaseModel):
     thermal: dict[str, float] = Field(default_factory=dict, description="F, S, Cv of Φ(T) at T")
     mode_report: dict[str, Any] = Field(default_factory=dict)
     outliers: list[dict[str, Any]] = Field(default_factory=list)
+    n_clipped_atoms: int = Field(0, description="atom displacements shortened to the cap (cap_mode='clip'), "
+                                                "summed over the configurations of every iteration")
     timings: dict[str, float] = Field(default_factory=dict)
 
 
