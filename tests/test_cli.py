@@ -112,7 +112,7 @@ def test_run_outliers_stop_with_a_hint_or_are_dropped_and_reported(tmp_path, mon
     assert ts["drop_outliers"] is True and ts["policy"]["threshold_thz"] == 0.25 and ts["tol_thz"] == 0.07
     assert [o["configuration"] for o in summary["temperatures"][0]["outliers"]] == [0, 1]
     assert summary["temperatures"][0]["force_calls"] == 8  # one batch, each configuration checked on its own
-    assert [r["n_outliers"] for r in rows(query(local_store(out / "store")))] == [2]
+    assert [r["n_dropped_configurations"] for r in rows(query(local_store(out / "store")))] == [2]
     # a campaign lists the failure and names the settings-file field instead of the option
     inputs = tmp_path / "inputs"
     inputs.mkdir()

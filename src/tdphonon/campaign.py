@@ -494,7 +494,7 @@ def rows(docs: Sequence[dict], temperature: float | None = None) -> list[dict]:
                         "r_onsite_max": t["r_onsite_max"], "frequency_shift": t["frequency_shift"],
                         "min_frequency_thz": t.get("min_frequency_thz"), "converged": t.get("converged"),
                         "imaginary_fixed_point": t.get("imaginary_fixed_point"),
-                        "n_outliers": len(t.get("outliers") or []),  # configurations dropped (drop_outliers)
+                        "n_dropped_configurations": len(t.get("outliers") or []),  # drop_outliers
                         "n_clipped_atoms": t.get("n_clipped_atoms", 0),  # displacements cut to the cap (clip)
                         "step_sensitive": ((d.get("harmonic") or {}).get("step_check") or {}).get("step_sensitive"),
                         "n_atoms_supercell": d["n_atoms_supercell"]})
