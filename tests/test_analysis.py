@@ -192,8 +192,14 @@ def test_tables_and_report_from_planted_documents(tmp_path):
     from tdphonon.analysis.report import analyze
 
     docs = _planted_docs()
+    docs[1]["temperatures"][0]["outliers"] = [{"configuration": 3}, {"configuration": 2}]
+    docs[1]["harmonic"] = {"step_check": {"step_sensitive": True}}
     m, s = material_frame(docs), site_frame(docs)
     assert len(m) == len(docs) >= 35
+    lab = docs[1]["label"]
+    assert m.loc[lab, "n_dropped_configurations"] == 2 and m.loc[lab, "step_sensitive"] is True
+    assert m["n_dropped_configurations"].sum() == 2 and m["n_clipped_atoms"].sum() == 0
+    assert m.drop(lab)["step_sensitive"].isna().all()
     assert (s.groupby("label")["multiplicity"].sum().reindex(m.index) == m["nsites"]).all()
     # structure_index points at an atom of the site's element
     for _, row in s.iterrows():

@@ -83,8 +83,11 @@ def material_frame(docs: Sequence[Mapping[str, Any]], temperature: float | None 
     spacegroup_number, crystal_system, temperature, r_full (+ _error), r_onsite_max (+ _error),
     frequency_shift (+ _error), anharmonicity, min_frequency_thz, harmonic_min_frequency_thz,
     n_imaginary_harmonic, converged, imaginary_fixed_point (self-consistent: converged to a Φ(T) with
-    imaginary modes, not a SCHA solution), model, model_sha256, n_atoms_supercell, campaign, dedup_key,
-    structure (pymatgen Structure). Materials without that temperature are left out.
+    imaginary modes, not a SCHA solution), n_dropped_configurations and n_clipped_atoms (the sample was
+    not the full Gaussian of Σ(T): ``drop_outliers`` / ``cap_mode="clip"``), step_sensitive (the
+    harmonic step check's flag; None without a check), model, model_sha256, n_atoms_supercell,
+    campaign, dedup_key, structure (pymatgen Structure). Materials without that temperature are left
+    out.
     """
     temp = pick_temperature(docs, temperature)
     rows = []
@@ -102,6 +105,8 @@ def material_frame(docs: Sequence[Mapping[str, Any]], temperature: float | None 
             "harmonic_min_frequency_thz": (h.get("imaginary") or {}).get("min_frequency"),
             "n_imaginary_harmonic": (h.get("imaginary") or {}).get("n_imaginary_commensurate"),
             "converged": t.get("converged"), "imaginary_fixed_point": t.get("imaginary_fixed_point"),
+            "n_dropped_configurations": len(t.get("outliers") or []), "n_clipped_atoms": t.get("n_clipped_atoms", 0),
+            "step_sensitive": (h.get("step_check") or {}).get("step_sensitive"),
             "model": d["model"].get("name"), "model_sha256": d["model_sha256"],
             "n_atoms_supercell": d["n_atoms_supercell"], "campaign": d.get("campaign"),
             "dedup_key": d["dedup_key"], "structure": s,
