@@ -230,3 +230,26 @@ def test_campaign_tdph_settings_file(tmp_path):
         res = runner.invoke(app, ["campaign", str(inp), "--local", str(tmp_path / "store"), "-m", "sevennet-0",
                                   "--tdph-settings", str(bad)])
         assert res.exit_code != 0 and message in " ".join(res.output.split()), res.output
+
+
+def test_status_failed_lists_reasons_and_the_options(monkeypatch):
+    """``status --failed`` adds the options once when a FIZZLED firework failed in sampling, and not otherwise
+    (launchpad calls replaced: the launchpad side is tested in test_campaign.py)."""
+    from tdphonon import campaign as cmp
+
+    fails = [{"fw_id": 7, "name": "SrTiO3 force constants", "reason": "UnphysicalForcesError: [SrTiO3] force of "
+              "105.1 eV/Å on atom 45 exceeds the limit of 50.0 eV/Å (configuration 'SrTiO3 T=300K it0 #22')"},
+             {"fw_id": 9, "name": "Cr force constants", "reason": "SamplingError: [Cr] configuration 3 at T=300 K "
+              "brings two atoms to 1.000 Å < minimum distance 1.200 Å (reference shortest distance 2.4 Å)"}]
+    monkeypatch.setattr(cmp, "load_launchpad", lambda path=None: object())
+    monkeypatch.setattr(cmp, "status", lambda lp, campaign=None: {"c": {"n_materials": 2, "materials": {},
+                                                                       "fireworks": {"FIZZLED": 2}}})
+    monkeypatch.setattr(cmp, "failures", lambda lp, campaign=None: fails)
+    res = runner.invoke(app, ["status", "-c", "c", "--failed"])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "fw 7" in text and "fw 9" in text and text.count("hint") == 1
+    assert "'drop_outliers: true' in a --tdph-settings file" in text and "'cap_mode: clip'" in text
+    fails[:] = [{"fw_id": 3, "name": "Si harmonic phonons", "reason": "RuntimeError: CUDA unavailable"}]
+    res = runner.invoke(app, ["status", "-c", "c", "--failed"])
+    assert res.exit_code == 0 and "CUDA unavailable" in res.output and "hint" not in res.output
