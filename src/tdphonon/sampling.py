@@ -48,6 +48,7 @@ __all__ = [
     "commensurate_frequencies",
     "commensurate_qpoints",
     "derive_seed",
+    "eigh_without_translations",
     "fc_mass_weight",
     "fc_to_matrix",
     "full_force_constants",
@@ -56,6 +57,7 @@ __all__ = [
     "mode_amplitudes",
     "normal_modes",
     "sample_displacements",
+    "signed_thz",
     "supercell_to_ase",
     "thermal_covariance",
     "thermal_samples",
@@ -313,11 +315,12 @@ def _translation_basis(masses: np.ndarray) -> np.ndarray:
     return t / np.sqrt(masses.sum())
 
 
-def _signed_thz(eigvals: np.ndarray) -> np.ndarray:
+def signed_thz(eigvals: np.ndarray) -> np.ndarray:
+    """Signed frequencies (THz; imaginary as negative) of mass-weighted eigenvalues in eV/(Å² amu)."""
     return np.sign(eigvals) * np.sqrt(np.abs(eigvals)) * TO_THZ
 
 
-def _eigh_without_translations(dm: np.ndarray,
+def eigh_without_translations(dm: np.ndarray,
                                masses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Diagonalise a real symmetric mass-weighted matrix on the complement of the translations.
 
@@ -404,7 +407,7 @@ def commensurate_frequencies(supercell, primitive,
     fc = np.asarray(force_constants, dtype=float)
     bd = _BlochData(supercell, primitive)
     qpts, _, _ = commensurate_qpoints(supercell, primitive)
-    freqs = np.array([_signed_thz(np.linalg.eigvalsh(bd.dynmat(fc, q))) for q in qpts])
+    freqs = np.array([signed_thz(np.linalg.eigvalsh(bd.dynmat(fc, q))) for q in qpts])
     return qpts, freqs
 
 
@@ -435,8 +438,8 @@ def normal_modes(supercell, force_constants: np.ndarray, primitive=None,
             raise ValueError("method='commensurate' needs the primitive cell")
         sq = np.sqrt(np.repeat(masses, 3))
         dm = fc_to_matrix(fc) / sq[:, None] / sq[None, :]
-        vals, vecs, mask = _eigh_without_translations(0.5 * (dm + dm.T), masses)
-        return NormalModes(_signed_thz(vals) * ~mask, vals, vecs, mask, masses, np.full(3 * n, -1), None,
+        vals, vecs, mask = eigh_without_translations(0.5 * (dm + dm.T), masses)
+        return NormalModes(signed_thz(vals) * ~mask, vals, vecs, mask, masses, np.full(3 * n, -1), None,
                            "supercell")
     if method != "commensurate":
         raise ValueError(f"unknown mode method {method!r}")
@@ -456,7 +459,7 @@ def normal_modes(supercell, force_constants: np.ndarray, primitive=None,
             raise TDPhononError(None, f"dynamical matrix at q={q} should be real (q ≡ -q)")
         dm = dm.real
         if np.allclose(q, np.rint(q)):
-            w, v, mask = _eigh_without_translations(dm, masses[bd.rep])
+            w, v, mask = eigh_without_translations(dm, masses[bd.rep])
         else:
             w, v = np.linalg.eigh(dm)
             mask = np.zeros(nb, dtype=bool)
@@ -487,7 +490,7 @@ def normal_modes(supercell, force_constants: np.ndarray, primitive=None,
     order = np.lexsort((np.arange(len(vals)), vals, ~mask))  # translations first, then ascending
     vals, vecs, mask, qi = vals[order], vecs[:, order], mask[order], np.array(qidx)[order]
     vals = np.where(mask, 0.0, vals)
-    return NormalModes(_signed_thz(vals), vals, vecs, mask, masses, qi, qpts, "commensurate")
+    return NormalModes(signed_thz(vals), vals, vecs, mask, masses, qi, qpts, "commensurate")
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,14 +36,14 @@ import scipy.sparse as sp
 from tdphonon.sampling import (
     FCProjector,
     ModeAmplitudePolicy,
-    _eigh_without_translations,
-    _signed_thz,
     commensurate_frequencies,
+    eigh_without_translations,
     fc_mass_weight,
     fc_to_matrix,
     matrix_to_fc,
     normal_modes,
     policy_sigma2,
+    signed_thz,
     thermal_covariance,
 )
 
@@ -125,8 +125,8 @@ class MeshCovariance:
             # (normal_modes); for a Φ that breaks the acoustic sum rule they are not eigenvectors
             ph.dynamical_matrix.run(qpts[iq])
             dm = np.asarray(ph.dynamical_matrix.dynamical_matrix).real
-            vals, vecs, mask = _eigh_without_translations(0.5 * (dm + dm.T), self._prim_masses)
-            freqs[iq], evecs[iq], included[iq] = _signed_thz(vals) * ~mask, vecs, ~mask
+            vals, vecs, mask = eigh_without_translations(0.5 * (dm + dm.T), self._prim_masses)
+            freqs[iq], evecs[iq], included[iq] = signed_thz(vals) * ~mask, vecs, ~mask
         sigma2, _ = policy_sigma2(freqs.ravel(), included.ravel(), temperature, quantum, policy)
         sigma2 = sigma2.reshape(nq, nb)
         cq = np.einsum("qim,qm,qjm->qij", evecs, sigma2, evecs.conj())  # (nq, 3n_p, 3n_p)
