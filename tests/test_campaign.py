@@ -432,6 +432,25 @@ def test_query_can_exclude_step_sensitive_results(env, tmp_path):
     assert [d["label"] for d in query(store, campaign="step", exclude_step_sensitive=True)] == ["smooth", "unchecked"]
 
 
+def test_query_can_exclude_cut_samples(env):
+    """``exclude_cut_samples`` (a real MongoDB wire protocol, own database) drops the results with dropped
+    configurations or clipped displacements at any temperature, and keeps documents without those fields."""
+    from tdphonon.campaign import query
+
+    def doc(label, t300, t600):
+        base = {"r_full": 0.1, "r_onsite_max": 0.2, "frequency_shift": 0.1}
+        return label, {"harmonic": {"imaginary": None},
+                       "temperatures": [{"temperature": 300.0, **base, **t300}, {"temperature": 600.0, **base, **t600}]}
+
+    store = _results_store(env, "cut", [
+        doc("dropped600", {"outliers": [], "n_clipped_atoms": 0}, {"outliers": [{"configuration": 3}]}),
+        doc("clipped300", {"outliers": [], "n_clipped_atoms": 4}, {"outliers": [], "n_clipped_atoms": 0}),
+        doc("full", {"outliers": [], "n_clipped_atoms": 0}, {"outliers": [], "n_clipped_atoms": 0}),
+        doc("older", {}, {})])  # documents from before n_clipped_atoms
+    assert [d["label"] for d in query(store, campaign="cut")] == ["clipped300", "dropped600", "full", "older"]
+    assert [d["label"] for d in query(store, campaign="cut", exclude_cut_samples=True)] == ["full", "older"]
+
+
 def test_submit_finds_results_stored_under_earlier_keys(env):
     """Resubmitting a campaign after an upgrade: a result stored (or a workflow added) under the key an
     earlier version computed (tests/data/campaign_keys_history.json) is a duplicate, reported under that

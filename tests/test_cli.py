@@ -113,6 +113,7 @@ def test_run_outliers_stop_with_a_hint_or_are_dropped_and_reported(tmp_path, mon
     assert [o["configuration"] for o in summary["temperatures"][0]["outliers"]] == [0, 1]
     assert summary["temperatures"][0]["force_calls"] == 8  # one batch, each configuration checked on its own
     assert [r["n_dropped_configurations"] for r in rows(query(local_store(out / "store")))] == [2]
+    assert query(local_store(out / "store"), exclude_cut_samples=True) == []
     # a campaign lists the failure and names the settings-file field instead of the option
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -149,6 +150,8 @@ def test_run_displacement_cap_hint_and_clipping_reported(tmp_path):
     n = json.loads((out / "summary.json").read_text())["temperatures"][0]["n_clipped_atoms"]
     assert n > 0 and f"{n} atom displacement(s) shortened to the cap at 300 K" in text
     assert [r["n_clipped_atoms"] for r in rows(query(local_store(out / "store")))] == [n]
+    res = runner.invoke(app, ["query", "--local", str(out / "store"), "--exclude-cut-samples", "--format", "json"])
+    assert res.exit_code == 0 and json.loads(res.stdout) == [], res.output
 
 
 @requires_reference

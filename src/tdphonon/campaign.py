@@ -426,7 +426,7 @@ def results_criteria(campaign: str | None = None, r_onsite_min: float | None = N
                      spacegroup: int | str | None = None, temperature: float | None = None,
                      model: str | None = None, label: str | None = None,
                      exclude_imaginary_fixed_points: bool = False,
-                     exclude_step_sensitive: bool = False) -> dict[str, Any]:
+                     exclude_step_sensitive: bool = False, exclude_cut_samples: bool = False) -> dict[str, Any]:
     """Mongo criteria on the job store selecting :class:`TDPhononDoc` results.
 
     The per-temperature conditions (``temperature``, ``r_onsite_min``, ``r_full_min``) must hold at one
@@ -435,10 +435,16 @@ def results_criteria(campaign: str | None = None, r_onsite_min: float | None = N
     at that temperature when per-temperature conditions are given, otherwise at any temperature.
     ``exclude_step_sensitive`` drops results whose harmonic step check found step-dependent force
     constants (``harmonic.step_check.step_sensitive``; results computed without the check are kept).
+    ``exclude_cut_samples`` drops results whose sample was not the full Gaussian of Σ(T) at any of
+    their temperatures: configurations dropped (``drop_outliers``) or displacements clipped
+    (``cap_mode="clip"``).
     """
     crit: dict[str, Any] = {"metadata.tdphonon_step": METRICS_STEP}
     if exclude_step_sensitive:
         crit["output.harmonic.step_check.step_sensitive"] = {"$ne": True}
+    if exclude_cut_samples:
+        crit["output.temperatures.outliers.0"] = {"$exists": False}
+        crit["output.temperatures.n_clipped_atoms"] = {"$not": {"$gt": 0}}
     if campaign:
         crit["output.campaign"] = campaign
     if label:

@@ -550,6 +550,9 @@ def query(
     exclude_step_sensitive: Annotated[bool, typer.Option(
         help="drop results whose harmonic step check (--check-displacement) found step-dependent force "
              "constants")] = False,
+    exclude_cut_samples: Annotated[bool, typer.Option(
+        help="drop results whose sample was cut at any temperature: configurations dropped (drop_outliers) "
+             "or displacements clipped to the cap (cap_mode clip)")] = False,
     fmt: FormatOpt = "table",
     store: StoreOpt = None,
     local: LocalOpt = None,
@@ -568,7 +571,7 @@ def query(
     docs = cmp.query(st, campaign=campaign, r_onsite_min=r_onsite_min, r_full_min=r_full_min, elements=elements,
                      spacegroup=spacegroup, temperature=temperature, model=model,
                      exclude_imaginary_fixed_points=exclude_imaginary_fixed_points,
-                     exclude_step_sensitive=exclude_step_sensitive)
+                     exclude_step_sensitive=exclude_step_sensitive, exclude_cut_samples=exclude_cut_samples)
     table = cmp.rows(docs, temperature)
     if fmt == "json":
         print(json.dumps(docs, indent=1, default=str))
