@@ -188,7 +188,7 @@ def test_prototype_matching_on_the_restricted_library_equals_the_whole_library(m
 
 
 def test_tables_and_report_from_planted_documents(tmp_path):
-    from tdphonon.analysis.data import material_frame, site_frame
+    from tdphonon.analysis.data import EXCLUSIONS, excluded_materials, material_frame, site_frame
     from tdphonon.analysis.report import analyze
 
     docs = _planted_docs()
@@ -200,17 +200,25 @@ def test_tables_and_report_from_planted_documents(tmp_path):
     assert m.loc[lab, "n_dropped_configurations"] == 2 and m.loc[lab, "step_sensitive"] is True
     assert m["n_dropped_configurations"].sum() == 2 and m["n_clipped_atoms"].sum() == 0
     assert m.drop(lab)["step_sensitive"].isna().all()
+    assert excluded_materials(m, ["step_sensitive", "cut_samples"]) == {lab: EXCLUSIONS["step_sensitive"]}
+    assert excluded_materials(m, ["imaginary_fixed_points"]) == {}
     assert (s.groupby("label")["multiplicity"].sum().reindex(m.index) == m["nsites"]).all()
     # structure_index points at an atom of the site's element
     for _, row in s.iterrows():
         assert m.loc[row["label"], "structure"][row["structure_index"]].specie.symbol == row["element"]
     # one material with a 60 % shift: an outlier left out of the fits
     docs[0]["temperatures"][0]["frequency_shift"] = 0.6
+    # docs[1], whose sample was cut, is left out on request (everywhere: tables, trends, screening, fits)
+    with pytest.raises(ValueError, match="unknown exclusion"):
+        analyze(tmp_path / "bad", docs=docs, exclude=["cut_sample"])
     res = analyze(tmp_path / "rep", docs=docs, campaign="planted", threshold=0.15, param_grid=SMALL_GRID,
-                  site_split="material", permutation_repeats=3)
+                  site_split="material", permutation_repeats=3, exclude=["cut_samples"])
     sm = res.summary
     assert sm["permutation_repeats"] == 3
-    assert sm["n_materials"] == len(docs) and sm["n_outliers"] == 1 and sm["outliers"][0]["label"] == docs[0]["label"]
+    assert sm["excluded"] == [{"label": lab, "reason": EXCLUSIONS["cut_samples"]}] and sm["exclude"] == ["cut_samples"]
+    assert sm["n_materials"] == len(docs) - 1
+    assert sm["n_outliers"] == 1 and sm["outliers"][0]["label"] == docs[0]["label"]
+    s = s[s["label"] != lab]
     assert sm["global_model"]["fitted"] and sm["local_model"]["fitted"]
     # R_onsite is a function of the site element's mass only: the local model finds it
     assert sm["local_model_test_r2"] > 0.9
@@ -233,11 +241,13 @@ def test_tables_and_report_from_planted_documents(tmp_path):
     for el, row in elem.iterrows():
         assert row["max"] == pytest.approx(0.015 * float(Element(el).atomic_mass) ** 0.5, rel=1e-9)
     sg = pd.read_csv(tmp_path / "rep" / "spacegroup_shift.csv", index_col=0)
-    assert sg["n_materials"].sum() == len(docs) - 1  # trends leave the outlier out
+    assert sg["n_materials"].sum() == len(docs) - 2  # trends leave the outlier (and the excluded one) out
+    assert lab not in set(pd.read_csv(tmp_path / "rep" / "materials.csv")["label"])
     protos = pd.read_csv(tmp_path / "rep" / "prototypes.csv", index_col=0)
     assert {"Halite, Rock Salt", "(Cubic) Perovskite", "Zincblende, Sphalerite"} <= set(protos.index)
     html = (tmp_path / "rep" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 8 and "Random-forest models" in html
+    assert "1 materials excluded on request (cut_samples)" in html
     for name in ("global_model", "local_model"):
         card = json.loads((tmp_path / "rep" / name / "model_card.json").read_text())
         assert card["features"] and card["feature_versions"]["matminer"] and "scikit-learn" in card["packages"]

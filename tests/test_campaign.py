@@ -312,10 +312,12 @@ def test_cli_analyze_reads_the_mongodb_store(env, tmp_path):
 
     from tdphonon.cli import app
 
-    res = CliRunner().invoke(app, ["analyze", "-s", str(env["jf_file"]), "-c", CAMPAIGN, "-o", str(tmp_path)])
+    res = CliRunner().invoke(app, ["analyze", "-s", str(env["jf_file"]), "-c", CAMPAIGN, "-o", str(tmp_path),
+                                   "--exclude-cut-samples", "--exclude-step-sensitive"])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "analysis.json").read_text())
     assert summary["n_materials"] == 3 and summary["campaign"] == CAMPAIGN
+    assert summary["exclude"] == ["step_sensitive", "cut_samples"] and summary["excluded"] == []  # none was cut
     assert not summary["global_model"]["fitted"]  # 3 materials: reported, not fitted
     sites = (tmp_path / "sites.csv").read_text().splitlines()
     assert sum(line.startswith("SrTiO3,") for line in sites) == 3  # Sr, Ti, O

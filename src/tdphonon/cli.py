@@ -646,6 +646,12 @@ def analyze(
     site_split: Annotated[str, typer.Option(help="local-model split: random (paper) | material")] = "random",
     permutation_repeats: Annotated[int, typer.Option(
         min=1, help="shuffles per feature of the permutation importances (fewer: faster, noisier)")] = 10,
+    exclude_imaginary_fixed_points: Annotated[bool, typer.Option(
+        help="leave out self-consistent results that converged with imaginary modes (not SCHA solutions)")] = False,
+    exclude_step_sensitive: Annotated[bool, typer.Option(
+        help="leave out results whose harmonic step check found step-dependent force constants")] = False,
+    exclude_cut_samples: Annotated[bool, typer.Option(
+        help="leave out results whose sample was cut (dropped configurations, clipped displacements)")] = False,
 ) -> None:
     """Trends, random-forest models, screening and an HTML report of a campaign's results."""
     _quiet()
@@ -662,12 +668,17 @@ def analyze(
         st = cmp.local_store(local) if local else cmp.load_store(store)
         res = run_analysis(out, store=st, campaign=campaign, model=model, temperature=temperature,
                            threshold=threshold, manifest=manifest, reference=reference, boxcox_lambda=lam, seed=seed,
-                           site_split=site_split, permutation_repeats=permutation_repeats)
+                           site_split=site_split, permutation_repeats=permutation_repeats,
+                           exclude=[name for name, on in (("imaginary_fixed_points", exclude_imaginary_fixed_points),
+                                                          ("step_sensitive", exclude_step_sensitive),
+                                                          ("cut_samples", exclude_cut_samples)) if on])
     except (TDPhononError, ValueError) as exc:
         _fail(exc)
     s = res.summary
     console.print(f"{s['n_materials']} materials, {s['n_sites']} sites at {s['temperature']:g} K; "
                   f"{s['n_outliers']} outliers; {s['n_candidates']} candidate sites (R_onsite >= {threshold:g})")
+    for x in s["excluded"]:
+        console.print(f"  excluded {x['label']}: {x['reason']}")
     for name in ("global_model", "local_model"):
         m = s[name]
         console.print(f"{name}: " + (f"test R² {m['test_r2']:.3f}, top {', '.join(m['top_features_permutation'][:3])}"

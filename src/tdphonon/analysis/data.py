@@ -22,7 +22,15 @@ from pymatgen.core import Structure
 
 from tdphonon.errors import TDPhononError
 
-__all__ = ["load_results", "material_frame", "pick_temperature", "site_frame", "supercell_to_unitcell"]
+__all__ = ["EXCLUSIONS", "excluded_materials", "load_results", "material_frame", "pick_temperature", "site_frame",
+           "supercell_to_unitcell"]
+
+#: what ``analyze(exclude=...)`` can leave out, and the reason recorded for each material
+EXCLUSIONS: dict[str, str] = {
+    "imaginary_fixed_points": "converged to a Φ(T) with imaginary modes (a fixed point of the policy, not SCHA)",
+    "step_sensitive": "harmonic force constants depend on the finite-displacement step",
+    "cut_samples": "sample cut at this temperature (configurations dropped or displacements clipped)",
+}
 
 
 def load_results(store, campaign: str | None = None, model: str | None = None,
@@ -114,6 +122,24 @@ def material_frame(docs: Sequence[Mapping[str, Any]], temperature: float | None 
     if not rows:
         raise TDPhononError("analysis", f"no material has results at {temp:g} K")
     return pd.DataFrame(rows).set_index("label", drop=False).rename_axis(None)
+
+
+def excluded_materials(materials: pd.DataFrame, exclude: Sequence[str]) -> dict[str, str]:
+    """Labels of :func:`material_frame` rows that ``exclude`` (names of :data:`EXCLUSIONS`) leaves out, with
+    the reason; a material caught by several gets the first."""
+    unknown = sorted(set(exclude) - set(EXCLUSIONS))
+    if unknown:
+        raise ValueError(f"unknown exclusion(s) {unknown}; choose from {sorted(EXCLUSIONS)}")
+    flagged = {
+        "imaginary_fixed_points": materials["imaginary_fixed_point"].map(lambda v: v is True),
+        "step_sensitive": materials["step_sensitive"].map(lambda v: v is True),
+        "cut_samples": (materials["n_dropped_configurations"] > 0) | (materials["n_clipped_atoms"] > 0),
+    }
+    out: dict[str, str] = {}
+    for name in exclude:
+        for label in materials.index[flagged[name].to_numpy(dtype=bool)]:
+            out.setdefault(label, EXCLUSIONS[name])
+    return out
 
 
 def site_frame(docs: Sequence[Mapping[str, Any]], temperature: float | None = None) -> pd.DataFrame:

@@ -108,7 +108,7 @@ def analyze(out: str | Path, store=None, store_dir: str | Path | None = None,
             manifest: str | Path | None = None, reference: str | Path | None = None,
             boxcox_lambda: float | str | None = "fit", seed: int = 0,
             param_grid: Mapping[str, list] | None = None, site_split: str = "random",
-            permutation_repeats: int = 10) -> AnalysisResult:
+            permutation_repeats: int = 10, exclude: Sequence[str] = ()) -> AnalysisResult:
     """Analyse a campaign and write the report (see the module docstring).
 
     Parameters
@@ -136,10 +136,17 @@ def analyze(out: str | Path, store=None, store_dir: str | Path | None = None,
     permutation_repeats
         Shuffles per feature of the permutation importances (default 10). The importances are the
         slowest part of the report on large campaigns; fewer repeats are faster and noisier.
+    exclude
+        Materials to leave out of everything (tables, trends, screening, models), by name of
+        :data:`tdphonon.analysis.data.EXCLUSIONS`: ``"imaginary_fixed_points"``, ``"step_sensitive"``,
+        ``"cut_samples"`` (judged at the analysed temperature). The summary lists them with the reason.
     """
     if site_split not in ("random", "material"):
         raise ValueError(f"site_split must be 'random' or 'material', not {site_split!r}")
     permutation_repeats = _models.permutation_repeats(permutation_repeats)  # fail before the slow steps
+    exclude = tuple(exclude)
+    if unknown := sorted(set(exclude) - set(_data.EXCLUSIONS)):  # before any result is read
+        raise ValueError(f"unknown exclusion(s) {unknown}; choose from {sorted(_data.EXCLUSIONS)}")
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,6 +164,12 @@ def analyze(out: str | Path, store=None, store_dir: str | Path | None = None,
     temp = _data.pick_temperature(docs, temperature)
     materials = _data.material_frame(docs, temp)
     sites = _data.site_frame(docs, temp)
+    left_out = _data.excluded_materials(materials, exclude)
+    if left_out:
+        if len(left_out) == len(materials):
+            raise TDPhononError(campaign or "analysis", f"every material is excluded by {list(exclude)}")
+        materials = materials.drop(index=list(left_out))
+        sites = sites[~sites["label"].isin(left_out)]
 
     # --- outliers (paper: ML vs DFT harmonic > 20 %, renormalised shift > 40 %) ----------------
     refs: dict[str, str] = {}
@@ -241,6 +254,7 @@ def analyze(out: str | Path, store=None, store_dir: str | Path | None = None,
 
     summary = {
         "campaign": campaign, "temperature": temp, "n_materials": len(materials), "n_sites": len(sites),
+        "exclude": list(exclude), "excluded": [{"label": lab, "reason": r} for lab, r in left_out.items()],
         "n_materials_in_fits": len(kept), "n_outliers": len(outliers),
         "outliers": [{"label": lab, "reason": r} for lab, r in outliers["reason"].items()],
         "n_dft_references": len(refs), "dft_harmonic_deviation": deviations, "reference_problems": ref_problems,
@@ -302,6 +316,7 @@ def write_html_report(summary: Mapping[str, Any], materials: pd.DataFrame, candi
     cols = ["label", "formula", "spacegroup_symbol", "prototype", "r_full", "r_onsite_max", "frequency_shift",
             "anharmonicity", "min_frequency_thz", "dft_harmonic_deviation"]
     top = materials.sort_values("r_onsite_max", ascending=False)[cols]
+    n_excluded, excluded_by = len(summary.get("excluded", [])), ", ".join(summary.get("exclude", [])) or "none"
     body = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>tdphonon analysis</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}
 table.t{{border-collapse:collapse;font-size:12px}} table.t td,table.t th{{padding:2px 6px;border-bottom:1px solid #ddd}}
@@ -309,7 +324,8 @@ table.t{{border-collapse:collapse;font-size:12px}} table.t td,table.t th{{paddin
 <h1>Temperature-dependent phonons: analysis of campaign {e(str(summary.get('campaign')))}</h1>
 <p>{summary['n_materials']} materials ({summary['n_sites']} symmetry-distinct sites) at {summary['temperature']:g} K;
 model(s) {e(', '.join(summary['models']))} (sha256 {e(', '.join(s[:12] for s in summary['model_sha256']))}…).
-{summary['n_outliers']} outliers left out of the fits ({summary['n_dft_references']} materials compared with DFT).
+{summary['n_outliers']} outliers left out of the fits ({summary['n_dft_references']} materials compared with DFT);
+{n_excluded} materials excluded on request ({e(excluded_by)}).
 Mean relative frequency shift {summary['mean_frequency_shift']:.3f}; median R_full {summary['median_r_full']:.3g};
 median material R_onsite {summary['median_r_onsite_max']:.3g}.</p>
 <h2>Trends</h2>
