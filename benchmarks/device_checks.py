@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     device = args.device or default_device()
     res: dict = {"description": __doc__.strip().splitlines()[0], "device": device,
                  "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-                 "torch": torch.__version__, "cublas_workspace_config": None}
+                 "torch": torch.__version__}
     caught: list[str] = []
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")

@@ -19,7 +19,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -499,12 +499,19 @@ def rows(docs: Sequence[dict], temperature: float | None = None) -> list[dict]:
                         "model": d["model"]["name"], "temperature": t["temperature"], "r_full": t["r_full"],
                         "r_onsite_max": t["r_onsite_max"], "frequency_shift": t["frequency_shift"],
                         "min_frequency_thz": t.get("min_frequency_thz"), "converged": t.get("converged"),
-                        "imaginary_fixed_point": t.get("imaginary_fixed_point"),
-                        "n_dropped_configurations": len(t.get("outliers") or []),  # drop_outliers
-                        "n_clipped_atoms": t.get("n_clipped_atoms", 0),  # displacements cut to the cap (clip)
-                        "step_sensitive": ((d.get("harmonic") or {}).get("step_check") or {}).get("step_sensitive"),
-                        "n_atoms_supercell": d["n_atoms_supercell"]})
+                        **trust_flags(d, t), "n_atoms_supercell": d["n_atoms_supercell"]})
     return out
+
+
+def trust_flags(doc: Mapping[str, Any], t: Mapping[str, Any]) -> dict[str, Any]:
+    """What qualifies a result at one temperature ``t`` of ``doc`` (columns of :func:`rows` and of
+    ``analysis.material_frame``): a self-consistent Φ(T) with imaginary modes, configurations dropped
+    (``drop_outliers``), displacements clipped to the cap (``cap_mode="clip"``), and the harmonic step
+    check's flag (``None`` without a check)."""
+    return {"imaginary_fixed_point": t.get("imaginary_fixed_point"),
+            "n_dropped_configurations": len(t.get("outliers") or []),
+            "n_clipped_atoms": t.get("n_clipped_atoms", 0),
+            "step_sensitive": ((doc.get("harmonic") or {}).get("step_check") or {}).get("step_sensitive")}
 
 
 def local_failures(store, campaign: str | None = None) -> list[dict]:

@@ -22,8 +22,8 @@ from pymatgen.core import Structure
 
 from tdphonon.errors import TDPhononError
 
-__all__ = ["EXCLUSIONS", "excluded_materials", "load_results", "material_frame", "pick_temperature", "site_frame",
-           "supercell_to_unitcell"]
+__all__ = ["EXCLUSIONS", "check_exclusions", "excluded_materials", "load_results", "material_frame",
+           "pick_temperature", "site_frame", "supercell_to_unitcell"]
 
 #: what ``analyze(exclude=...)`` can leave out, and the reason recorded for each material
 EXCLUSIONS: dict[str, str] = {
@@ -97,6 +97,8 @@ def material_frame(docs: Sequence[Mapping[str, Any]], temperature: float | None 
     campaign, dedup_key, structure (pymatgen Structure). Materials without that temperature are left
     out.
     """
+    from tdphonon.campaign import trust_flags
+
     temp = pick_temperature(docs, temperature)
     rows = []
     for d, t, s in _at_temperature(docs, temp):
@@ -112,9 +114,7 @@ def material_frame(docs: Sequence[Mapping[str, Any]], temperature: float | None 
             "anharmonicity": t.get("anharmonicity"), "min_frequency_thz": t.get("min_frequency_thz"),
             "harmonic_min_frequency_thz": (h.get("imaginary") or {}).get("min_frequency"),
             "n_imaginary_harmonic": (h.get("imaginary") or {}).get("n_imaginary_commensurate"),
-            "converged": t.get("converged"), "imaginary_fixed_point": t.get("imaginary_fixed_point"),
-            "n_dropped_configurations": len(t.get("outliers") or []), "n_clipped_atoms": t.get("n_clipped_atoms", 0),
-            "step_sensitive": (h.get("step_check") or {}).get("step_sensitive"),
+            "converged": t.get("converged"), **trust_flags(d, t),
             "model": d["model"].get("name"), "model_sha256": d["model_sha256"],
             "n_atoms_supercell": d["n_atoms_supercell"], "campaign": d.get("campaign"),
             "dedup_key": d["dedup_key"], "structure": s,
@@ -124,12 +124,17 @@ def material_frame(docs: Sequence[Mapping[str, Any]], temperature: float | None 
     return pd.DataFrame(rows).set_index("label", drop=False).rename_axis(None)
 
 
+def check_exclusions(exclude: Sequence[str]) -> tuple[str, ...]:
+    """``exclude`` as a tuple; ValueError for a name that is not in :data:`EXCLUSIONS`."""
+    if unknown := sorted(set(exclude) - set(EXCLUSIONS)):
+        raise ValueError(f"unknown exclusion(s) {unknown}; choose from {sorted(EXCLUSIONS)}")
+    return tuple(exclude)
+
+
 def excluded_materials(materials: pd.DataFrame, exclude: Sequence[str]) -> dict[str, str]:
     """Labels of :func:`material_frame` rows that ``exclude`` (names of :data:`EXCLUSIONS`) leaves out, with
     the reason; a material caught by several gets the first."""
-    unknown = sorted(set(exclude) - set(EXCLUSIONS))
-    if unknown:
-        raise ValueError(f"unknown exclusion(s) {unknown}; choose from {sorted(EXCLUSIONS)}")
+    exclude = check_exclusions(exclude)
     flagged = {
         "imaginary_fixed_points": materials["imaginary_fixed_point"].map(lambda v: v is True),
         "step_sensitive": materials["step_sensitive"].map(lambda v: v is True),

@@ -144,9 +144,7 @@ def analyze(out: str | Path, store=None, store_dir: str | Path | None = None,
     if site_split not in ("random", "material"):
         raise ValueError(f"site_split must be 'random' or 'material', not {site_split!r}")
     permutation_repeats = _models.permutation_repeats(permutation_repeats)  # fail before the slow steps
-    exclude = tuple(exclude)
-    if unknown := sorted(set(exclude) - set(_data.EXCLUSIONS)):  # before any result is read
-        raise ValueError(f"unknown exclusion(s) {unknown}; choose from {sorted(_data.EXCLUSIONS)}")
+    exclude = _data.check_exclusions(exclude)  # before any result is read
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
